@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Install what runc-grit needs on a Debian 12 (bookworm) node or CI machine:
+#   runc, iptables, containerd, busybox (demo/tests), python3-venv, and CRIU >= 4.1.
+# Debian 12 ships CRIU 3.17, which fails `criu check` on 6.x kernels with new vDSO layouts.
+# CRIU 4.1 comes from Debian 13 (trixie) packages, unpacked into a private prefix and started
+# through trixie's own dynamic loader (it needs glibc >= 2.38). Nothing in the system's apt
+# sources is changed. Idempotent: a second run changes nothing.
+set -euo pipefail
+
+PREFIX=${RUNC_GRIT_CRIU_PREFIX:-/opt/runc-grit/criu}
+BIN=${RUNC_GRIT_BIN_DIR:-/usr/local/sbin}
+TRIXIE_MIRROR=${TRIXIE_MIRROR:-http://deb.debian.org/debian}
+export DEBIAN_FRONTEND=noninteractive
+
+log() { printf '[deps] %s\n' "$*" >&2; }
+
+need_apt=()
+for pair in runc:runc iptables-restore:iptables containerd:containerd busybox:busybox-static \
+            ip:iproute2 curl:curl; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "apt-get install ${need_apt[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+criu_ok() {
+  local v
+  v=$("$1" --version 2>/dev/null | sed -n 's/^Version: *//p') || return 1
+  [ -n "$v" ] || return 1
+  # >= 4.1
+  python3 - "$v" <<'PY'
+import sys
+parts = [int(p) for p in sys.argv[1].split(".")[:2]]
+sys.exit(0 if parts >= [4, 1] else 1)
+PY
+}
+
+if command -v criu >/dev/null 2>&1 && criu_ok "$(command -v criu)"; then
+  log "criu $(criu --version | sed -n 's/^Version: *//p') already present"
+else
+  if [ ! -x "$PREFIX/usr/sbin/criu" ]; then
+    log "fetching CRIU 4.1 from Debian 13 into $PREFIX"
+    work=$(mktemp -d); chmod 755 "$work"
+    trap 'rm -rf "$work"' EXIT
+    mkdir -p "$work/lists/partial" "$work/archives/partial" "$work/debs"
+    echo "deb $TRIXIE_MIRROR trixie main" > "$work/sources.list"
+    aopts=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
+           -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::archives=$work/archives"
+           -o APT::Architecture=amd64 -o Debug::NoLocking=1)
+    apt-get "${aopts[@]}" update -qq
+    # criu, its libraries, and the legacy xtables for CRIU's network lock, with all their
+    # dependencies (libc6 included: trixie's loader and libc are used, not the system's).
+    pkgs=$(apt-cache "${aopts[@]}" depends --recurse --no-recommends --no-suggests \
+             --no-conflicts --no-breaks --no-replaces --no-enhances \
+             criu iptables python3-pycriu 2>/dev/null | grep -E '^[a-z0-9]' | grep -vE '^(python3|python3\.[0-9]+|python3-minimal|libpython3.*|debconf|perl.*|dpkg|install-info)$' | sort -u)
+    (cd "$work/debs" && apt-get "${aopts[@]}" download $pkgs >/dev/null 2>&1 || \
+       for p in $pkgs; do apt-get "${aopts[@]}" download "$p" >/dev/null 2>&1 || true; done)
+    mkdir -p "$PREFIX"
+    for d in "$work"/debs/*.deb; do dpkg -x "$d" "$PREFIX"; done
+    rm -rf "$work"; trap - EXIT
+  fi
+  L="$PREFIX/lib/x86_64-linux-gnu:$PREFIX/usr/lib/x86_64-linux-gnu"
+  LD="$PREFIX/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+  [ -e "$LD" ] || LD="$PREFIX/lib64/ld-linux-x86-64.so.2"
+  mkdir -p "$BIN"
+  cat > "$BIN/criu.tmp" <<W
+#!/bin/sh
+# runc-grit: CRIU 4.1 from Debian 13, started through its own loader (install/deps.sh)
+exec "$LD" --library-path "$L" "$PREFIX/usr/sbin/criu" "\$@"
+W
+  chmod 0755 "$BIN/criu.tmp"; mv -f "$BIN/criu.tmp" "$BIN/criu"
+  if ! criu_ok "$BIN/criu"; then
+    log "ERROR: CRIU at $BIN/criu does not report version >= 4.1"; exit 1
+  fi
+  log "criu $("$BIN/criu" --version | sed -n 's/^Version: *//p') installed at $BIN/criu"
+fi
+
+# CRIU locks the network of containers with their own netns through iptables-restore.
+for t in iptables-restore ip6tables-restore; do
+  command -v "$t" >/dev/null 2>&1 || { log "ERROR: $t missing"; exit 1; }
+done
+log "ok: runc $(runc --version | head -1 | awk '{print $3}'), criu $(criu --version | sed -n 's/^Version: *//p'), containerd $(containerd --version | awk '{print $3}')"

@@ -1,0 +1,3 @@
+from runc_grit.entry import main
+
+raise SystemExit(main())

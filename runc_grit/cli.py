@@ -1,0 +1,93 @@
+"""runc-grit's own (operator) commands: doctor, demo, cuda-checkpoint, config, gc, hook."""
+import sys
+
+import click
+
+from runc_grit import __version__
+
+
+def operator_main(args):
+    if args[0] == "hook":  # CRIU action script: no click, as little as possible
+        from runc_grit.hook import main
+        return main()
+    try:
+        return cli.main(args=list(args), prog_name="runc-grit", standalone_mode=False) or 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.Abort:
+        return 130
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="runc-grit")
+def cli():
+    """runc-grit operator commands. Every other command goes to the OCI runtime."""
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def doctor(as_json):
+    """Check what this node has and lacks for checkpoint/restore."""
+    from runc_grit.doctor import run_checks, render
+    checks = run_checks()
+    click.echo(render(checks, as_json))
+    sys.exit(2 if any(c.blocker and not c.ok for c in checks) else 0)
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Where to build the bundles and images (default: a temp dir).")
+@click.option("--keep", is_flag=True, help="Keep the work dir afterwards.")
+@click.option("--wait", type=float, default=2.0, show_default=True,
+              help="Seconds to let the counter run before the checkpoint.")
+def demo(workdir, keep, wait):
+    """Run a counter container through runc-grit, checkpoint it, restore it elsewhere."""
+    from runc_grit.demo import run_demo
+    sys.exit(run_demo(workdir, keep, wait))
+
+
+@cli.group()
+def config():
+    """Inspect the node configuration."""
+
+
+@config.command("show")
+@click.option("--path", default=None, help="Config file (default: $RUNC_GRIT_CONFIG or /etc/runc-grit/config.yaml).")
+def config_show(path):
+    """Validate the config and print it with defaults filled in."""
+    import yaml
+    from runc_grit.config import load
+    from runc_grit.errors import GritError
+    try:
+        conf = load(path)
+    except GritError as e:
+        raise click.ClickException(e.message) from None
+    click.echo(yaml.safe_dump(conf.as_dict(), sort_keys=False), nl=False)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True)
+def gc(dry_run):
+    """Remove state of containers the runtime no longer knows."""
+    from runc_grit.config import load
+    from runc_grit.runtime import Runtime
+    from runc_grit.state import ContainerState, list_ids
+    conf = load()
+    rt = Runtime(conf.runtime)
+    for cid in list_ids(conf.state_dir):
+        if rt.state(cid) is None:
+            click.echo("stale: %s" % cid)
+            if not dry_run:
+                with ContainerState(conf.state_dir, cid) as st:
+                    st.remove()
+
+
+def _register_cuda():
+    from runc_grit.cuda.cli import cuda_checkpoint
+    cli.add_command(cuda_checkpoint)
+
+
+_register_cuda()

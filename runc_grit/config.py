@@ -1,0 +1,118 @@
+"""The node configuration: YAML, validated with jsonschema, defaults filled in."""
+import copy
+import json
+import os
+from importlib import resources
+
+import jsonschema
+import yaml
+
+from runc_grit import fastconf
+from runc_grit.errors import GritError
+
+DEFAULTS = {
+    "runtime": "runc",
+    "criu": "criu",
+    "checkpoint_roots": ["/var/lib/runc-grit/checkpoints"],
+    "state_dir": "/run/runc-grit",
+    "criu_options": [],
+    "on_restore_failure": "fail",
+    "accept_raw_criu": False,
+    "hook_script": None,
+    "verify": "size",
+    "cuda": {
+        "enabled": "auto",
+        "helper": "builtin",
+        "lock_timeout_ms": 10000,
+        "require_same_gpu_model": True,
+        "library": "libcuda.so.1",
+    },
+}
+
+
+def load_schema(name):
+    return json.loads(resources.files("runc_grit").joinpath("schemas", name).read_text())
+
+
+class Config:
+    """Validated settings. Attribute access for top-level keys; ``cuda`` is a dict."""
+
+    def __init__(self, data, path=None):
+        self._data = data
+        self.path = path
+
+    def __getattr__(self, key):
+        try:
+            return self._data[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def as_dict(self):
+        return copy.deepcopy(self._data)
+
+
+def _key_path(err):
+    parts = [str(p) for p in err.absolute_path]
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        parts += extra[:1]
+    return ".".join(parts) or "(top level)"
+
+
+def validate(data, source="config"):
+    schema = load_schema("config.schema.json")
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data),
+                    key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        raise GritError("%s: invalid key %s: %s" % (source, _key_path(e), e.message), kind="config")
+
+
+def merge(data):
+    out = copy.deepcopy(DEFAULTS)
+    for k, v in data.items():
+        if k == "cuda":
+            out["cuda"].update(v)
+        else:
+            out[k] = v
+    return out
+
+
+def load(path=None):
+    path = path or fastconf.config_path()
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except FileNotFoundError:
+        if path != fastconf.DEFAULT_PATH:
+            raise GritError("config %s: no such file" % path, kind="config") from None
+        return Config(merge({}), None)
+    except OSError as e:
+        raise GritError("config %s: %s" % (path, e.strerror), kind="config") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = " at line %d" % (mark.line + 1) if mark is not None else ""
+        raise GritError("config %s: bad YAML%s: %s" % (path, where, getattr(e, "problem", e)),
+                        kind="config") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise GritError("config %s: top level must be a mapping" % path, kind="config")
+    validate(data, "config %s" % path)
+    return Config(merge(data), path)
+
+
+def hook_script(conf):
+    """The CRIU action script every container's CRIU config names."""
+    if conf.hook_script:
+        return conf.hook_script
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    for cand in (os.path.join(sys.prefix, "share", "runc-grit", "hooks", "grit-hook"),
+                 os.path.join(os.path.dirname(here), "hooks", "grit-hook")):
+        if os.path.isfile(cand):
+            return cand
+    raise GritError("CRIU action script hooks/grit-hook not found; set hook_script in the config",
+                    kind="config")

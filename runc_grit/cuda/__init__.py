@@ -1,0 +1,1 @@
+"""CUDA checkpoint support: the driver API, helpers with cuda-checkpoint's interface, its CLI."""

@@ -1,0 +1,70 @@
+"""The runc-grit binary: decide, then exec the delegate runtime or handle the command.
+
+The pass-through path imports only os, sys and two small modules of ours (argv, fastconf).
+Commands that runc-grit intercepts (create, run, restore, checkpoint; start and delete of a
+container it holds state for) and its own operator commands load the heavier modules lazily.
+"""
+import os
+import sys
+
+from runc_grit import argv as _argv
+from runc_grit import fastconf
+
+INTERCEPTED = frozenset(("create", "run", "restore", "checkpoint"))
+# Operator commands: not runc's. `hook` is what the CRIU action script calls.
+OPERATOR = frozenset(("doctor", "demo", "cuda-checkpoint", "inspect", "config", "hook", "gc"))
+
+
+def _valid_id(cid):
+    return bool(cid) and "/" not in cid and cid not in (".", "..") and "\0" not in cid
+
+
+def _self_path():
+    try:
+        return os.path.realpath(sys.argv[0])
+    except (OSError, ValueError):
+        return None
+
+
+def _runtime(conf):
+    rt = os.environ.get("RUNC_GRIT_RUNTIME") or conf["runtime"]
+    return fastconf.which(rt, skip=_self_path()) or rt
+
+
+def passthrough(args, conf):
+    """exec the delegate runtime with argv unchanged. Does not return on success."""
+    runtime = _runtime(conf)
+    try:
+        os.execv(runtime, [runtime] + list(args))
+    except OSError as e:
+        from runc_grit.runclog import Logger
+        try:
+            inv = _argv.parse(args)
+        except _argv.ArgvError:
+            inv = None
+        Logger.from_invocation(inv).error("cannot run runtime %r: %s" % (runtime, e.strerror))
+        return 127
+
+
+def main(argv=None):
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] in OPERATOR:
+        from runc_grit.cli import operator_main
+        return operator_main(args)
+    try:
+        inv = _argv.parse(args)
+    except _argv.ArgvError:
+        inv = None  # let the runtime produce its own usage error
+    conf = fastconf.read()
+    if conf is None:
+        from runc_grit.config import load
+        conf = load().as_dict()
+    cmd = inv.command if inv is not None else None
+    if cmd in INTERCEPTED:
+        from runc_grit.intercept import dispatch
+        return dispatch(inv, args)
+    if cmd in ("start", "delete") and len(inv.args) == 1 and _valid_id(inv.args[0]):
+        if os.path.isdir(os.path.join(conf["state_dir"], inv.args[0])):
+            from runc_grit.lifecycle import dispatch
+            return dispatch(inv, args)
+    return passthrough(args, conf)

@@ -1,0 +1,277 @@
+"""The runc commands runc-grit changes: create/run (restore-on-create), restore, checkpoint."""
+import os
+import sys
+import time
+
+from runc_grit import argv as _argv
+from runc_grit import config as _config
+from runc_grit import criuconf, errors, gpu, manifest, procs, source
+from runc_grit import spec as _spec
+from runc_grit.errors import GritError
+from runc_grit.runclog import Logger, last_error
+from runc_grit.runtime import Runtime
+from runc_grit.state import ContainerState, ID_RE
+
+
+def dispatch(inv, args):
+    log = Logger.from_invocation(inv)
+    try:
+        conf = _config.load()
+        handler = HANDLERS[inv.command]
+        return handler(inv, args, conf, log)
+    except GritError as e:
+        log.error(e.message)
+        return errors.exit_code(e)
+    except Exception as e:  # noqa: BLE001 - one line in --log, never a traceback on stdio
+        log.error("internal error: %s: %s" % (type(e).__name__, e))
+        return 1
+
+
+def hook_env(conf, st, extra=None):
+    """Environment for the runtime, so CRIU's action script finds this container's state."""
+    env = dict(os.environ)
+    env["RUNC_GRIT_STATE"] = st.dir
+    if conf.path:
+        env["RUNC_GRIT_CONFIG"] = conf.path
+    env["RUNC_GRIT_PYTHON"] = sys.executable
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _with_criu(conf, args):
+    if conf.criu and conf.criu != "criu":
+        return _argv.with_global(args, "criu", conf.criu)
+    return list(args)
+
+
+def _exec(runtime, args):
+    os.execv(runtime.path, [runtime.path] + list(args))
+
+
+def _prepare_spec(conf, st, bundle, spec, changes=()):
+    """Write the container's CRIU config and point the bundle's config.json at it."""
+    own = st.path("criu.conf")
+    ann = _spec.annotations(spec)
+    criuconf.write(own, st.id, _config.hook_script(conf), conf.criu_options,
+                   ann.get(_spec.CRIU_CONFIG_ANNOTATION))
+    _spec.apply(spec, [_spec.set_criu_config(own)] + list(changes))
+    _spec.save(bundle, spec)
+
+
+def _claim_state(rt, st):
+    """A fresh state dir for a new container. None if the id is already a live container."""
+    if st.read() is not None and rt.state(st.id) is not None:
+        return False
+    for name in os.listdir(st.dir):
+        if name != "lock":
+            p = st.path(name)
+            if os.path.isdir(p):
+                import shutil
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                os.unlink(p)
+    return True
+
+
+def _failure_reason(inv, work_dir, rc):
+    parts = []
+    log_path = inv.global_value("log")
+    msg = last_error(log_path) if log_path else None
+    if msg:
+        parts.append(msg)
+    criu_err = _criu_error(work_dir, ("restore.log", "dump.log"))
+    if criu_err:
+        parts.append("criu: " + criu_err)
+    return "; ".join(parts) or "runtime exited with status %d" % rc
+
+
+def _criu_error(work_dir, names):
+    if not work_dir:
+        return None
+    for name in names:
+        try:
+            with open(os.path.join(work_dir, name), "rb") as f:
+                lines = f.read()[-200000:].decode("utf-8", "replace").splitlines()
+        except OSError:
+            continue
+        errs = [ln.split("):", 1)[-1].strip() for ln in lines if "Error (" in ln]
+        if errs:
+            return errs[0][:300]
+    return None
+
+
+# --- create / run -----------------------------------------------------------------------
+
+def do_create(inv, args, conf, log):
+    cid = inv.container_id
+    if len(inv.args) != 1 or not ID_RE.match(cid or "") or cid in (".", ".."):
+        return _passthrough(conf, args)
+    rt = Runtime.for_invocation(conf, inv)
+    bundle = os.path.abspath(inv.value("bundle") or os.getcwd())
+    spec = _spec.load(bundle)
+    ann = _spec.annotations(spec)
+    req = source.requested(ann, conf.on_restore_failure)
+    st = ContainerState(conf.state_dir, cid)
+    st.lock()
+    try:
+        if not _claim_state(rt, st):
+            st.unlock()
+            _exec(rt, args)  # the runtime reports "container exists"
+        _prepare_spec(conf, st, bundle, spec)
+        if req is None:
+            st.write({"id": cid, "bundle": bundle, "created": time.time(), "restored_from": None})
+            st.unlock()
+            _exec(rt, args)
+        return _restore_on_create(inv, args, conf, log, rt, st, bundle, req)
+    finally:
+        st.unlock()
+
+
+def _fresh(log, rt, st, bundle, args, why):
+    log.warning("%s; policy 'fresh': creating the container from scratch" % why)
+    st.write({"id": st.id, "bundle": bundle, "created": time.time(), "restored_from": None,
+              "fresh_because": why})
+    st.unlock()
+    _exec(rt, args)
+
+
+def _restore_on_create(inv, args, conf, log, rt, st, bundle, req):
+    cid = st.id
+    try:
+        image_dir, m = source.validate(req.path, conf)
+        gpu.check_destination(m, conf)
+    except GritError as e:
+        if req.policy == "fresh":
+            _fresh(log, rt, st, bundle, args, "restore from %s refused: %s" % (req.path, e.message))
+        st.remove()
+        raise
+    work = st.path("criu-work")
+    os.makedirs(work, exist_ok=True)
+    detach = inv.command == "create" or inv.has("detach")
+    rargs, dropped = _argv.create_to_restore(inv, image_dir, work, detach=detach)
+    rargs = _with_criu(conf, rargs)
+    for flag in dropped:
+        log.debug("restore has no --%s; dropped" % flag)
+    st.write({"id": cid, "bundle": bundle, "created": time.time(), "restored_from": image_dir,
+              "annotation": req.annotation, "phase": "restoring"})
+    log.debug("restoring %s from %s" % (cid, image_dir))
+    t0 = time.monotonic()
+    rc, _ = procs.run([rt.path] + rargs,
+                      env=hook_env(conf, st, {"RUNC_GRIT_IMAGE_DIR": image_dir}))
+    elapsed = time.monotonic() - t0
+    if rc == 0 and (not detach or rt.state(cid) is not None):
+        st.update(phase="restored", restore_seconds=elapsed)
+        if inv.command == "create":
+            st.mark_restored()
+        log.debug("restored %s in %.3fs" % (cid, elapsed))
+        return 0 if detach else rc
+    reason = _failure_reason(inv, work, rc)
+    rt.force_delete(cid)
+    if req.policy == "fresh":
+        _fresh(log, rt, st, bundle, args, "restore from %s failed: %s" % (image_dir, reason))
+    st.remove()
+    raise GritError("restore from %s failed: %s" % (image_dir, reason), kind="restore")
+
+
+def _passthrough(conf, args):
+    from runc_grit.entry import passthrough
+    return passthrough(args, conf.as_dict())
+
+
+# --- restore (called directly, e.g. by containerd's own restore) -------------------------
+
+def do_restore(inv, args, conf, log):
+    cid = inv.container_id
+    if len(inv.args) != 1 or not ID_RE.match(cid or ""):
+        return _passthrough(conf, args)
+    rt = Runtime.for_invocation(conf, inv)
+    bundle = os.path.abspath(inv.value("bundle") or os.getcwd())
+    spec = _spec.load(bundle)
+    st = ContainerState(conf.state_dir, cid)
+    with st:
+        if not _claim_state(rt, st):
+            _exec(rt, args)
+        _prepare_spec(conf, st, bundle, spec)
+        image_dir = inv.value("image-path") or os.path.join(os.getcwd(), "checkpoint")
+        st.write({"id": cid, "bundle": bundle, "created": time.time(),
+                  "restored_from": os.path.abspath(image_dir), "phase": "restoring"})
+        rc, _ = procs.run([rt.path] + _with_criu(conf, args),
+                          env=hook_env(conf, st, {"RUNC_GRIT_IMAGE_DIR": image_dir}))
+        if rc == 0:
+            st.update(phase="restored")
+        elif rt.state(cid) is None:
+            st.remove()
+        return rc
+
+
+# --- checkpoint --------------------------------------------------------------------------
+
+def do_checkpoint(inv, args, conf, log):
+    cid = inv.container_id
+    if len(inv.args) != 1 or not ID_RE.match(cid or ""):
+        return _passthrough(conf, args)
+    rt = Runtime.for_invocation(conf, inv)
+    info = rt.state(cid)
+    if info is None:
+        _exec(rt, args)  # the runtime reports the missing container
+    image_dir = os.path.abspath(inv.value("image-path") or os.path.join(os.getcwd(), "checkpoint"))
+    leave_running = inv.has("leave-running")
+    pre_dump = inv.has("pre-dump")
+    st = ContainerState(conf.state_dir, cid)
+    had_state = st.exists()
+    with st:
+        try:
+            os.makedirs(image_dir, mode=0o700, exist_ok=True)
+            manifest.remove(image_dir)
+        except OSError as e:
+            raise GritError("checkpoint of %s: image dir %s: %s" % (cid, image_dir, e.strerror),
+                            kind="checkpoint") from None
+        gpu.reset_records(st)
+        t0 = time.monotonic()
+        rc, _ = procs.run([rt.path] + _with_criu(conf, args),
+                          env=hook_env(conf, st, {"RUNC_GRIT_IMAGE_DIR": image_dir}))
+        dump_s = time.monotonic() - t0
+        resumed = []
+        if rc != 0 or leave_running:
+            # The source keeps computing: undo the CUDA checkpoint of every process the
+            # action script locked or checkpointed.
+            resumed = gpu.epilogue(st, conf, log)
+        if rc != 0:
+            reason = _failure_reason(inv, inv.value("work-path") or image_dir, rc)
+            if not had_state and rt.state(cid) is None:
+                st.remove()
+            raise GritError("checkpoint of %s failed; the container was not checkpointed "
+                            "and keeps running: %s" % (cid, reason), kind="checkpoint",
+                            exit_code=rc)
+        if pre_dump:
+            return 0
+        t1 = time.monotonic()
+        images = manifest.list_images(image_dir, digest=(conf.verify == "digest"))
+        timings = {"checkpoint_s": dump_s}
+        timings.update(gpu.hook_timings(st))
+        timings["manifest_s"] = time.monotonic() - t1
+        m = manifest.build(
+            cid, info.get("annotations") or {}, info.get("bundle"),
+            {"name": os.path.basename(rt.path), "path": rt.path, "version": rt.version()},
+            {"path": conf.criu, "version": _criu_version(conf)},
+            images, timings, leave_running=leave_running, gpu=gpu.manifest_section(st),
+        )
+        manifest.write(image_dir, m)
+        log.debug("checkpoint of %s committed to %s (%d files, %.3fs)"
+                  % (cid, image_dir, len(images), dump_s))
+        if resumed:
+            log.debug("CUDA resumed in %s" % ",".join(str(p) for p in resumed))
+        if not leave_running and rt.state(cid) is None and not had_state:
+            st.remove()
+        return 0
+
+
+def _criu_version(conf):
+    from runc_grit import fastconf
+    path = fastconf.which(conf.criu) or conf.criu
+    return procs.version_of(path)
+
+
+HANDLERS = {"create": do_create, "run": do_create, "restore": do_restore,
+            "checkpoint": do_checkpoint}

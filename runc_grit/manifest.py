@@ -1,0 +1,141 @@
+"""grit-manifest.json: the commit marker of a checkpoint image dir.
+
+It is written last, atomically, only after the runtime's checkpoint succeeded. A restore
+refuses an image dir whose manifest is missing (unless accept_raw_criu) or invalid, or whose
+files do not match it.
+"""
+import hashlib
+import json
+import os
+import platform
+import time
+
+import jsonschema
+
+from runc_grit.config import load_schema
+from runc_grit.errors import GritError
+from runc_grit.fsutil import write_json_atomic
+
+NAME = "grit-manifest.json"
+# Files in an image dir that are not CRIU images and not listed in the manifest.
+NOT_IMAGES = frozenset((NAME,))
+
+
+def now_rfc3339():
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % int((t % 1) * 1000)
+
+
+def sha256_file(path, bufsize=4 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(bufsize)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def list_images(image_dir, digest=False):
+    out = []
+    for name in sorted(os.listdir(image_dir)):
+        if name in NOT_IMAGES or name.startswith("."):
+            continue
+        p = os.path.join(image_dir, name)
+        st = os.lstat(p)
+        if not _is_regular(st):
+            continue
+        item = {"name": name, "size": st.st_size}
+        if digest:
+            item["sha256"] = sha256_file(p)
+        out.append(item)
+    return out
+
+
+def _is_regular(st):
+    import stat
+    return stat.S_ISREG(st.st_mode)
+
+
+def build(container_id, annotations, bundle, runtime, criu, images, timings,
+          leave_running=False, gpu=None):
+    m = {
+        "format": "runc-grit-checkpoint",
+        "format_version": 1,
+        "created": now_rfc3339(),
+        "container": {"id": container_id, "bundle": bundle, "annotations": dict(annotations),
+                      "leave_running": bool(leave_running)},
+        "runtime": runtime,
+        "criu": criu,
+        "node": {"hostname": platform.node(), "kernel": platform.release(),
+                 "arch": platform.machine()},
+        "images": images,
+        "timings": {k: round(v, 6) for k, v in timings.items()},
+    }
+    if gpu:
+        m["gpu"] = gpu
+    validate(m, "new manifest")
+    return m
+
+
+def write(image_dir, manifest):
+    write_json_atomic(os.path.join(image_dir, NAME), manifest, indent=1)
+
+
+def remove(image_dir):
+    """Uncommit an image dir before a new dump goes into it."""
+    try:
+        os.unlink(os.path.join(image_dir, NAME))
+    except FileNotFoundError:
+        pass
+
+
+def validate(m, where):
+    schema = load_schema("manifest.schema.json")
+    err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(m))
+    if err is not None:
+        at = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise GritError("%s: invalid manifest at %s: %s" % (where, at, err.message), kind="source")
+
+
+def load(image_dir):
+    """The manifest of image_dir, or None if there is none. Raises on an invalid one."""
+    path = os.path.join(image_dir, NAME)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not _is_regular(st):
+        raise GritError("restore source %s: %s is not a regular file" % (image_dir, NAME),
+                        kind="source")
+    if st.st_size > 16 << 20:
+        raise GritError("restore source %s: %s is too large" % (image_dir, NAME), kind="source")
+    try:
+        with open(path, "rb") as f:
+            m = json.loads(f.read())
+    except (OSError, ValueError) as e:
+        raise GritError("restore source %s: unreadable %s: %s" % (image_dir, NAME, e),
+                        kind="source") from None
+    validate(m, "restore source %s" % image_dir)
+    return m
+
+
+def check_files(image_dir, m, digest=False):
+    """Every image the manifest lists is there, a regular file, of the listed size (and hash)."""
+    for item in m["images"]:
+        p = os.path.join(image_dir, item["name"])
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            raise GritError("restore source %s: image %s listed in the manifest is missing"
+                            % (image_dir, item["name"]), kind="source") from None
+        if not _is_regular(st):
+            raise GritError("restore source %s: image %s is not a regular file"
+                            % (image_dir, item["name"]), kind="source")
+        if st.st_size != item["size"]:
+            raise GritError("restore source %s: image %s has %d bytes, the manifest says %d"
+                            % (image_dir, item["name"], st.st_size, item["size"]), kind="source")
+        if digest and "sha256" in item and sha256_file(p) != item["sha256"]:
+            raise GritError("restore source %s: image %s does not match its sha256 in the manifest"
+                            % (image_dir, item["name"]), kind="source")

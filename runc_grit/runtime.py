@@ -1,0 +1,62 @@
+"""The delegate OCI runtime (runc, crun, nvidia-container-runtime, ...) as runc-grit calls it."""
+import json
+import os
+import sys
+
+from runc_grit import fastconf, procs
+from runc_grit.errors import GritError
+
+
+class Runtime:
+    def __init__(self, name, globals_=()):
+        self.name = name
+        me = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else None
+        self.path = fastconf.which(os.environ.get("RUNC_GRIT_RUNTIME") or name, skip=me)
+        if self.path is None:
+            raise GritError("runtime %r not found on PATH" % name, kind="not-found")
+        self.globals = list(globals_)  # rendered global flags, passed on every call
+
+    @classmethod
+    def for_invocation(cls, conf, inv):
+        from runc_grit.argv import _render_flags
+        return cls(conf.runtime, _render_flags(inv.globals))
+
+    def argv(self, args):
+        return [self.path] + list(args)
+
+    def call(self, args, **kw):
+        """Run `runtime <globals> args...`; returns (rc, stdout)."""
+        return procs.run(self.argv(self.globals + list(args)), **kw)
+
+    def state(self, cid):
+        """`runtime state` as a dict, or None when the runtime does not know the container."""
+        quiet_globals = [g for g in _drop_log(self.globals)]
+        rc, out = procs.run(self.argv(quiet_globals + ["state", cid]), capture=True, timeout=60)
+        if rc != 0 or not out:
+            return None
+        try:
+            return json.loads(out)
+        except ValueError:
+            return None
+
+    def force_delete(self, cid):
+        rc, _ = procs.run(self.argv(_drop_log(self.globals) + ["delete", "--force", cid]),
+                          quiet=True, timeout=60)
+        return rc
+
+    def version(self):
+        return procs.version_of(self.path)
+
+
+def _drop_log(globals_):
+    """Our own bookkeeping calls do not write into containerd's log file."""
+    out, skip = [], False
+    for tok in globals_:
+        if skip:
+            skip = False
+            continue
+        if tok in ("--log", "--log-format"):
+            skip = True
+            continue
+        out.append(tok)
+    return out
