@@ -78,13 +78,13 @@ def resolve(path, roots):
     if not real_roots:
         raise GritError("restore source %s: no checkpoint_roots exist on this node (%s)"
                         % (path, ", ".join(roots) or "none configured"), kind="source")
-    if not os.path.lexists(path):
-        raise GritError("restore source %s: no such directory" % path, kind="source")
     real = os.path.realpath(path)
     if not _inside(real, real_roots):
         via = "" if real == os.path.normpath(path) else " (resolves to %s)" % real
         raise GritError("restore source %s%s is outside the checkpoint roots %s"
                         % (path, via, ", ".join(real_roots)), kind="source")
+    if not os.path.exists(real):
+        raise GritError("restore source %s: no such directory" % path, kind="source")
     if not os.path.isdir(real):
         raise GritError("restore source %s: not a directory" % path, kind="source")
     return real

@@ -1,0 +1,312 @@
+"""In-process unit tests: spec changes, config, fast config reader, restore sources, manifest."""
+import json
+import os
+import struct
+
+import pytest
+
+from runc_grit import config, criuconf, fastconf, manifest, runclog, source, spec
+from runc_grit.errors import GritError, exit_code
+
+
+# --- spec changes: one test each ----------------------------------------------------------
+
+def test_set_annotation_creates_map_and_keeps_unknown_fields():
+    s = {"ociVersion": "1.0.2", "x-vendor": {"keep": [1, 2]}}
+    spec.apply(s, [spec.set_annotation("a", "b")])
+    assert s == {"ociVersion": "1.0.2", "x-vendor": {"keep": [1, 2]}, "annotations": {"a": "b"}}
+
+
+def test_set_criu_config():
+    s = {"annotations": {"other": "1"}}
+    spec.set_criu_config("/run/runc-grit/c1/criu.conf")(s)
+    assert s["annotations"] == {"other": "1", "org.criu.config": "/run/runc-grit/c1/criu.conf"}
+
+
+def test_drop_annotation():
+    s = {"annotations": {"a": "1", "b": "2"}}
+    spec.drop_annotation("a")(s)
+    assert s["annotations"] == {"b": "2"}
+    spec.drop_annotation("zzz")({})  # no annotations at all: nothing to do
+
+
+def test_load_save_round_trip_keeps_unknown(tmp_path):
+    doc = {"ociVersion": "1.2.0", "process": {"args": ["x"]}, "future": {"field": True}}
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    s = spec.load(str(tmp_path))
+    spec.apply(s, [spec.set_criu_config("/c")])
+    spec.save(str(tmp_path), s)
+    back = json.loads((tmp_path / "config.json").read_text())
+    assert back["future"] == {"field": True}
+    assert back["annotations"]["org.criu.config"] == "/c"
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("text, why", [
+    ("{not json", "malformed config.json"),
+    ("[1, 2]", "top level is not an object"),
+    ('{"annotations": {"a": 1}}', "annotations must map strings"),
+])
+def test_malformed_spec(tmp_path, text, why):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(GritError, match=why):
+        spec.load(str(tmp_path))
+
+
+def test_missing_spec(tmp_path):
+    with pytest.raises(GritError, match="cannot read config.json"):
+        spec.load(str(tmp_path))
+
+
+# --- config -------------------------------------------------------------------------------
+
+def test_config_defaults_when_default_path_missing(monkeypatch, tmp_path):
+    monkeypatch.setattr(fastconf, "DEFAULT_PATH", str(tmp_path / "absent.yaml"))
+    c = config.load(str(tmp_path / "absent.yaml"))
+    assert c.runtime == "runc" and c.state_dir == "/run/runc-grit"
+    assert c.on_restore_failure == "fail" and c.cuda["helper"] == "builtin"
+
+
+@pytest.mark.parametrize("text, key", [
+    ("runtime: [1]\n", "runtime"),
+    ("on_restore_failure: maybe\n", "on_restore_failure"),
+    ("checkpoint_roots: [relative/path]\n", "checkpoint_roots.0"),
+    ("cuda: {lock_timeout_ms: -1}\n", "cuda.lock_timeout_ms"),
+    ("cuda: {bogus: 1}\n", "cuda.bogus"),
+    ("typo_key: 1\n", "typo_key"),
+])
+def test_config_error_names_the_key(tmp_path, text, key):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(GritError) as ei:
+        config.load(str(p))
+    assert "invalid key %s" % key in ei.value.message
+
+
+def test_bad_yaml_says_where(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("runtime: runc\n  bad: [\n")
+    with pytest.raises(GritError, match="bad YAML at line"):
+        config.load(str(p))
+
+
+def test_config_given_but_missing(tmp_path):
+    with pytest.raises(GritError, match="no such file"):
+        config.load(str(tmp_path / "nope.yaml"))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("runtime: crun\nstate_dir: /run/x\n", {"runtime": "crun", "state_dir": "/run/x"}),
+    ("# c\nruntime: '/usr/bin/runc'  # comment\n", {"runtime": "/usr/bin/runc", "state_dir": "/run/runc-grit"}),
+    ('runtime: "runsc"\ncuda:\n  helper: builtin\n', {"runtime": "runsc", "state_dir": "/run/runc-grit"}),
+    ("checkpoint_roots:\n  - /a\n", {"runtime": "runc", "state_dir": "/run/runc-grit"}),
+    ("runtime: &a runc\n", None),            # anchors: not sure, full loader decides
+    ('runtime: "a\\"b"\n', None),
+    ("runtime: [runc]\n", None),
+    ("just text\n", None),
+])
+def test_fastconf(tmp_path, text, expected):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    assert fastconf.read(str(p)) == expected
+
+
+def test_fastconf_agrees_with_full_loader(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("runtime: crun   # the delegate\nstate_dir: /run/g\ncriu_options: [tcp-close]\n")
+    full = config.load(str(p))
+    fast = fastconf.read(str(p))
+    assert (fast["runtime"], fast["state_dir"]) == (full.runtime, full.state_dir)
+
+
+# --- CRIU config --------------------------------------------------------------------------
+
+def test_criu_config_defaults_and_inherited(tmp_path):
+    orig = tmp_path / "orig.conf"
+    orig.write_text("action-script /their/script\nlink-remap\n")
+    own = tmp_path / "own.conf"
+    criuconf.write(str(own), "c1", "/hooks/grit-hook", ["skip-in-flight"], str(orig))
+    lines = own.read_text().splitlines()
+    assert "action-script /their/script" in lines and "link-remap" in lines
+    assert lines.index("link-remap") < lines.index("action-script /hooks/grit-hook")
+    for opt in ("external mnt[]", "tcp-established", "ext-unix-sk", "file-locks", "skip-in-flight"):
+        assert opt in lines
+
+
+def test_criu_config_not_inheriting_itself(tmp_path):
+    own = tmp_path / "own.conf"
+    own.write_text("action-script /hooks/grit-hook\n")
+    criuconf.write(str(own), "c1", "/hooks/grit-hook", [], str(own))
+    assert own.read_text().count("action-script") == 1
+
+
+# --- restore sources ----------------------------------------------------------------------
+
+class Conf:
+    def __init__(self, roots, raw=False, verify="size"):
+        self.checkpoint_roots = roots
+        self.accept_raw_criu = raw
+        self.verify = verify
+
+
+def make_images(d, with_manifest=True):
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "inventory.img"), "wb") as f:
+        f.write(struct.pack("<I", source.INVENTORY_MAGIC) + b"\x00" * 60)
+    with open(os.path.join(d, "pages-1.img"), "wb") as f:
+        f.write(b"p" * 4096)
+    if with_manifest:
+        m = manifest.build("c1", {"a": "b"}, "/b", {"name": "runc", "version": "1.1"},
+                           {"version": "4.1"}, manifest.list_images(d, digest=True),
+                           {"checkpoint_s": 0.1})
+        manifest.write(d, m)
+    return d
+
+
+def test_source_ok(tmp_path):
+    root = tmp_path / "ck"
+    d = make_images(str(root / "x"))
+    real, m = source.validate(d, Conf([str(root)]))
+    assert real == os.path.realpath(d) and m["container"]["id"] == "c1"
+
+
+def test_source_missing_dir(tmp_path):
+    (tmp_path / "ck").mkdir()
+    with pytest.raises(GritError, match="no such directory"):
+        source.validate(str(tmp_path / "ck" / "nope"), Conf([str(tmp_path / "ck")]))
+
+
+def test_source_outside_roots(tmp_path):
+    (tmp_path / "ck").mkdir()
+    d = make_images(str(tmp_path / "elsewhere"))
+    with pytest.raises(GritError, match="outside the checkpoint roots"):
+        source.validate(d, Conf([str(tmp_path / "ck")]))
+
+
+def test_source_dotdot_escape(tmp_path):
+    (tmp_path / "ck").mkdir()
+    make_images(str(tmp_path / "elsewhere"))
+    with pytest.raises(GritError, match="outside the checkpoint roots"):
+        source.validate(str(tmp_path / "ck" / ".." / "elsewhere"), Conf([str(tmp_path / "ck")]))
+
+
+def test_source_symlink_escaping_roots(tmp_path):
+    (tmp_path / "ck").mkdir()
+    target = make_images(str(tmp_path / "elsewhere"))
+    os.symlink(target, str(tmp_path / "ck" / "link"))
+    with pytest.raises(GritError, match="resolves to .*outside the checkpoint roots"):
+        source.validate(str(tmp_path / "ck" / "link"), Conf([str(tmp_path / "ck")]))
+
+
+def test_source_symlinked_image_file_refused(tmp_path):
+    d = make_images(str(tmp_path / "ck" / "x"), with_manifest=False)
+    os.symlink("/etc/shadow", os.path.join(d, "pages-2.img"))
+    with pytest.raises(GritError, match="symlink"):
+        source.validate(d, Conf([str(tmp_path / "ck")], raw=True))
+
+
+def test_source_not_criu(tmp_path):
+    d = tmp_path / "ck" / "x"
+    d.mkdir(parents=True)
+    (d / "hello.txt").write_text("hi")
+    with pytest.raises(GritError, match="not a CRIU image dir"):
+        source.validate(str(d), Conf([str(tmp_path / "ck")]))
+
+
+def test_source_corrupt_inventory(tmp_path):
+    d = make_images(str(tmp_path / "ck" / "x"))
+    with open(os.path.join(d, "inventory.img"), "r+b") as f:
+        f.write(b"\xde\xad\xbe\xef")
+    with pytest.raises(GritError, match="corrupt inventory.img"):
+        source.validate(d, Conf([str(tmp_path / "ck")]))
+
+
+def test_source_without_manifest(tmp_path):
+    d = make_images(str(tmp_path / "ck" / "x"), with_manifest=False)
+    with pytest.raises(GritError, match="no grit-manifest.json"):
+        source.validate(d, Conf([str(tmp_path / "ck")]))
+    real, m = source.validate(d, Conf([str(tmp_path / "ck")], raw=True))
+    assert m is None
+
+
+def test_source_manifest_size_mismatch(tmp_path):
+    d = make_images(str(tmp_path / "ck" / "x"))
+    with open(os.path.join(d, "pages-1.img"), "ab") as f:
+        f.write(b"more")
+    with pytest.raises(GritError, match="pages-1.img has 4100 bytes, the manifest says 4096"):
+        source.validate(d, Conf([str(tmp_path / "ck")]))
+
+
+def test_source_manifest_digest_mismatch(tmp_path):
+    d = make_images(str(tmp_path / "ck" / "x"))
+    with open(os.path.join(d, "pages-1.img"), "r+b") as f:
+        f.write(b"X")
+    source.validate(d, Conf([str(tmp_path / "ck")]))  # sizes still match
+    with pytest.raises(GritError, match="sha256"):
+        source.validate(d, Conf([str(tmp_path / "ck")], verify="digest"))
+
+
+def test_source_invalid_manifest(tmp_path):
+    d = make_images(str(tmp_path / "ck" / "x"))
+    p = os.path.join(d, manifest.NAME)
+    m = json.load(open(p))
+    m["images"][0]["name"] = "../../etc/passwd"
+    json.dump(m, open(p, "w"))
+    with pytest.raises(GritError, match="invalid manifest at images/0/name"):
+        source.validate(d, Conf([str(tmp_path / "ck")]))
+
+
+@pytest.mark.parametrize("ann, expected", [
+    ({}, None),
+    ({"grit.dev/restore-from": "/ck/a"}, ("/ck/a", "grit.dev/restore-from", "fail")),
+    ({"kybernate.io/restore-from": "/ck/b"}, ("/ck/b", "kybernate.io/restore-from", "fail")),
+    ({"grit.dev/checkpoint": "/ck/pod", "io.kubernetes.cri.container-name": "trainer"},
+     ("/ck/pod/trainer/checkpoint", "grit.dev/checkpoint", "fail")),
+    ({"grit.dev/restore-from": "/ck/a", "grit.dev/restore-policy": "fresh"},
+     ("/ck/a", "grit.dev/restore-from", "fresh")),
+    # a pod sandbox (pause container) is never restored, whatever it is annotated with
+    ({"grit.dev/checkpoint": "/ck/pod", "io.kubernetes.cri.container-type": "sandbox",
+      "io.kubernetes.cri.container-name": "POD"}, None),
+])
+def test_requested(ann, expected):
+    r = source.requested(ann)
+    assert (None if r is None else (r.path, r.annotation, r.policy)) == expected
+
+
+@pytest.mark.parametrize("ann, why", [
+    ({"grit.dev/checkpoint": "/ck/pod"}, "needs the container name"),
+    ({"grit.dev/checkpoint": "/ck", "io.kubernetes.cri.container-name": ".."}, "cannot name"),
+    ({"grit.dev/restore-from": "/a", "grit.dev/restore-policy": "sometimes"}, "neither"),
+])
+def test_requested_errors(ann, why):
+    with pytest.raises(GritError, match=why):
+        source.requested(ann)
+
+
+# --- logs and exit codes ------------------------------------------------------------------
+
+def test_runc_log_json_and_last_error(tmp_path):
+    p = str(tmp_path / "log.json")
+    log = runclog.Logger(p, "json")
+    log.warning("careful")
+    log.error("restore from /x failed: boom\nsecond line")
+    lines = [json.loads(ln) for ln in open(p)]
+    assert [ln["level"] for ln in lines] == ["warning", "error"]
+    assert lines[1]["msg"] == "runc-grit: restore from /x failed: boom second line"
+    assert "time" in lines[1]
+    assert runclog.last_error(p) == "runc-grit: restore from /x failed: boom second line"
+
+
+def test_runc_log_text_format(tmp_path):
+    p = str(tmp_path / "log")
+    runclog.Logger(p, "text").error("bad")
+    line = open(p).read()
+    assert 'level=error msg="runc-grit: bad"' in line
+    assert runclog.last_error(p) == "runc-grit: bad"
+
+
+def test_exit_codes():
+    assert exit_code(GritError("x", kind="source")) == 1
+    assert exit_code(GritError("x", kind="runtime", exit_code=7)) == 7
+    assert exit_code(GritError("x", kind="not-found")) == 127
+    assert exit_code(ValueError()) == 1

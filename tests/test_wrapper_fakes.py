@@ -1,0 +1,210 @@
+"""runc-grit as a subprocess, with a recording fake runtime on PATH (no root needed)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FAKES, REPO
+from test_units import make_images
+
+
+@pytest.fixture
+def fenv(tmp_path):
+    state = tmp_path / "state"
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    conf = tmp_path / "config.yaml"
+    conf.write_text("runtime: fake-runtime\nstate_dir: %s\ncheckpoint_roots: [%s]\n" % (state, ck))
+    env = dict(os.environ)
+    env.update(PATH=FAKES + os.pathsep + env["PATH"], RUNC_GRIT_CONFIG=str(conf),
+               FAKE_RUNTIME_LOG=str(tmp_path / "calls.jsonl"),
+               FAKE_RUNTIME_STATE_DIR=str(tmp_path), PYTHONPATH=REPO)
+
+    class F:
+        pass
+    f = F()
+    f.tmp, f.env, f.state, f.ck, f.conf = tmp_path, env, state, ck, conf
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "runc_grit"] + list(args), env=env,
+                              capture_output=True, timeout=60)
+
+    def calls():
+        p = tmp_path / "calls.jsonl"
+        return [json.loads(ln) for ln in p.read_text().splitlines()] if p.exists() else []
+
+    def bundle(name, annotations=None):
+        b = tmp_path / name
+        b.mkdir()
+        spec = {"ociVersion": "1.0.2", "process": {"args": ["sh"]}, "root": {"path": "rootfs"},
+                "x-unknown": {"keep": "me"}}
+        if annotations:
+            spec["annotations"] = annotations
+        (b / "config.json").write_text(json.dumps(spec))
+        return b
+
+    f.run, f.calls, f.bundle = run, calls, bundle
+    return f
+
+
+@pytest.mark.parametrize("args", [
+    ["state", "c1"],
+    ["--root", "/r", "--log", "/l.json", "--log-format", "json", "kill", "c1", "SIGTERM"],
+    ["--debug", "--systemd-cgroup", "ps", "--format", "json", "c1"],
+    ["exec", "-t", "--env", "A=1 2", "c1", "sh", "-c", "echo 'x y'"],
+    ["--rootless=false", "list", "-q"],
+    ["features"],
+    ["--version"],
+    ["pause", "c1"], ["resume", "c1"], ["events", "--stats", "c1"],
+    ["update", "--memory", "1G", "c1"],
+    ["start", "c-unknown"],
+    ["delete", "c-unknown"],
+    ["--weird-future-flag", "x", "newcmd"],
+])
+def test_passthrough_is_byte_for_byte(fenv, args):
+    (fenv.tmp / "c1").write_text("")  # the fake runtime knows c1
+    p = fenv.run(*args)
+    assert p.returncode == 0, p.stderr
+    calls = fenv.calls()
+    assert [c["argv"] for c in calls] == [args]
+    assert p.stderr == b""
+
+
+def test_passthrough_keeps_exit_code_and_stdio(fenv):
+    fenv.env["FAKE_RUNTIME_FAIL"] = "kill"
+    p = fenv.run("kill", "c1")
+    assert p.returncode == 1
+
+
+def test_passthrough_imports_nothing_heavy():
+    code = (
+        "import os, sys\n"
+        "os.execv = lambda path, argv: (print(sorted({m.split('.')[0] for m in sys.modules}"
+        " & {'click','yaml','jsonschema','json','subprocess','runc_grit.config'})),"
+        " print(sorted(m for m in sys.modules if m.startswith('runc_grit'))), sys.exit(0))\n"
+        "from runc_grit.entry import main\n"
+        "main(['--root', '/r', 'state', 'c1'])\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, env=dict(
+        os.environ, PYTHONPATH=REPO, RUNC_GRIT_CONFIG="/nonexistent/config.yaml"), timeout=30)
+    out = p.stdout.decode().splitlines()
+    assert out[0] == "[]", p.stdout
+    assert out[1] == "['runc_grit', 'runc_grit.argv', 'runc_grit.entry', 'runc_grit.fastconf']"
+
+
+def test_create_injects_criu_config_then_execs_runtime(fenv):
+    b = fenv.bundle("b1", {"keep": "this"})
+    args = ["--root", "/r", "--log", str(b / "log.json"), "--log-format", "json",
+            "create", "--bundle", str(b), "--pid-file", str(b / "init.pid"), "c1"]
+    p = fenv.run(*args)
+    assert p.returncode == 0, (p.stderr, (b / "log.json").read_text() if (b / "log.json").exists() else "")
+    assert [c["argv"] for c in fenv.calls()][-1] == args  # create itself unchanged
+    spec = json.loads((b / "config.json").read_text())
+    conf_path = spec["annotations"]["org.criu.config"]
+    assert spec["annotations"]["keep"] == "this" and spec["x-unknown"] == {"keep": "me"}
+    assert conf_path == str(fenv.state / "c1" / "criu.conf")
+    text = open(conf_path).read()
+    assert "action-script " in text and "external mnt[]" in text
+    hook = [ln.split(None, 1)[1] for ln in text.splitlines() if ln.startswith("action-script")][0]
+    assert os.access(hook, os.X_OK)
+
+
+def _create(fenv, b, cid):
+    return fenv.run("--root", "/r", "--log", str(b / "log.json"), "--log-format", "json",
+                    "create", "--bundle", str(b), "--pid-file", str(b / "init.pid"), cid)
+
+
+def _log_lines(b):
+    return [json.loads(ln) for ln in (b / "log.json").read_text().splitlines()]
+
+
+def test_restore_on_create_rewrites_to_restore_and_start_skips_runtime(fenv):
+    img = make_images(str(fenv.ck / "img"))
+    b = fenv.bundle("b2", {"grit.dev/restore-from": img})
+    p = _create(fenv, b, "c2")
+    assert p.returncode == 0, (b / "log.json").read_text() if (b / "log.json").exists() else p.stderr
+    argv = [c["argv"] for c in fenv.calls()]
+    restore = [a for a in argv if "restore" in a]
+    assert restore and restore[0][:6] == ["--root", "/r", "--log", str(b / "log.json"),
+                                          "--log-format", "json"]
+    r = restore[0]
+    assert r[6] == "restore" and "--detach" in r and r[-1] == "c2"
+    assert r[r.index("--image-path") + 1] == img and r[r.index("--bundle") + 1] == str(b)
+    assert not any("create" in a for a in argv)
+    # the action script finds this container's state through the runtime's environment
+    assert [c for c in fenv.calls() if "restore" in c["argv"]][0]["grit_state"] == str(fenv.state / "c2")
+    n = len(fenv.calls())
+    p = fenv.run("--root", "/r", "start", "c2")
+    assert p.returncode == 0
+    assert [c["argv"] for c in fenv.calls()[n:]] == [["--root", "/r", "state", "c2"]]
+    # a second start is the runtime's business again
+    fenv.run("--root", "/r", "start", "c2")
+    assert fenv.calls()[-1]["argv"] == ["--root", "/r", "start", "c2"]
+    # delete goes to the runtime and removes runc-grit's state
+    p = fenv.run("--root", "/r", "delete", "c2")
+    assert p.returncode == 0 and fenv.calls()[-1]["argv"] == ["--root", "/r", "delete", "c2"]
+    assert not (fenv.state / "c2").exists()
+
+
+@pytest.mark.parametrize("annotation, why", [
+    ("/nonexistent-root/img", "outside the checkpoint roots"),
+    ("relative/img", "not an absolute path"),
+])
+def test_refused_source_never_reaches_runtime(fenv, annotation, why):
+    b = fenv.bundle("b3", {"grit.dev/restore-from": annotation})
+    p = _create(fenv, b, "c3")
+    assert p.returncode == 1
+    assert fenv.calls() == []
+    last = _log_lines(b)[-1]
+    assert last["level"] == "error" and why in last["msg"]
+    assert not (fenv.state / "c3").exists()
+    assert p.stdout == b""
+
+
+def test_malformed_config_json(fenv):
+    b = fenv.tmp / "b4"
+    b.mkdir()
+    (b / "config.json").write_text('{"process": ')
+    p = _create(fenv, b, "c4")
+    assert p.returncode == 1 and fenv.calls() == []
+    assert "malformed config.json" in _log_lines(b)[-1]["msg"]
+
+
+def test_bad_yaml_config_is_reported_in_log(fenv):
+    fenv.conf.write_text("runtime: fake-runtime\ncheckpoint_roots: [\n")
+    b = fenv.bundle("b5", {"grit.dev/restore-from": "/x"})
+    p = _create(fenv, b, "c5")
+    assert p.returncode == 1 and fenv.calls() == []
+    assert "bad YAML" in _log_lines(b)[-1]["msg"]
+
+
+def test_fresh_policy_creates_normally_with_a_warning(fenv):
+    b = fenv.bundle("b6", {"grit.dev/restore-from": str(fenv.ck / "missing"),
+                           "grit.dev/restore-policy": "fresh"})
+    p = _create(fenv, b, "c6")
+    assert p.returncode == 0
+    assert fenv.calls()[-1]["argv"][6] == "create"
+    assert not any("restore" in c["argv"] for c in fenv.calls())
+    lines = _log_lines(b)
+    assert lines[-1]["level"] == "warning" and "policy 'fresh'" in lines[-1]["msg"]
+
+
+def test_failed_restore_cleans_up(fenv):
+    img = make_images(str(fenv.ck / "img2"))
+    b = fenv.bundle("b7", {"grit.dev/restore-from": img})
+    fenv.env["FAKE_RUNTIME_FAIL"] = "restore"
+    p = _create(fenv, b, "c7")
+    assert p.returncode == 1
+    argv = [c["argv"] for c in fenv.calls()]
+    assert any("restore" in a for a in argv)
+    assert any("delete" in a and "--force" in a for a in argv)   # nothing left behind
+    msg = _log_lines(b)[-1]["msg"]
+    assert "restore from %s failed" % img in msg and "fake runtime: restore failed" in msg
+    assert not (fenv.state / "c7").exists()
+
+
+def test_operator_commands_do_not_reach_runtime(fenv):
+    p = fenv.run("config", "show")
+    assert p.returncode == 0 and b"runtime: fake-runtime" in p.stdout
+    assert fenv.calls() == []
