@@ -401,6 +401,10 @@ def check_destination(m, conf):
     src = g.get("devices") or []
     if conf.cuda.get("enabled") == "never":
         raise GritError("checkpoint holds CUDA state but cuda.enabled is 'never' here", kind="gpu")
+    if not src:
+        # the source recorded no GPU inventory: all we can check is that a helper is here
+        _helper(conf, required=True)
+        return
     inv = inventory()
     if not inv or not inv["devices"]:
         raise GritError("checkpoint holds CUDA state of %d GPU(s) (%s); this node has no NVIDIA GPU"

@@ -1,0 +1,198 @@
+"""GPU migration for real: a PyTorch job in a runc container, through runc-grit, on an NVIDIA
+GPU with the CUDA checkpoint API. Skipped without one. Run on the device machine:
+    bash bench/gpu/device_run.sh
+Every step value the containers print is compared, as float hex, with an uninterrupted run.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import Env
+from gpu.gpuctr import APP_DIR, make_gpu_bundle, read_steps
+
+
+def _gpu_missing():
+    if os.geteuid() != 0 or not shutil.which("runc") or not shutil.which("criu"):
+        return "needs root, runc and criu"
+    if not os.path.exists("/dev/nvidia0"):
+        return "no NVIDIA GPU"
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "no torch"
+    try:
+        from runc_grit.cuda.driver import open_backend
+        open_backend()
+    except Exception as e:  # noqa: BLE001
+        return "no CUDA checkpoint API: %s" % e
+    return None
+
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_gpu_missing() is not None,
+                                                  reason=str(_gpu_missing()))]
+MIB = int(os.environ.get("GPU_TEST_MIB", "2048"))
+
+
+@pytest.fixture
+def g(workdir):
+    e = Env(workdir, {"cuda": {"lock_timeout_ms": 20000}})
+    e.logs = os.path.join(workdir, "logs")
+    os.makedirs(e.logs)
+    yield e
+    e.cleanup()
+
+
+def helper():
+    from runc_grit.cuda.helper import BuiltinHelper
+    return BuiltinHelper()
+
+
+def wait_steps(path, n, timeout=120):
+    end = time.time() + timeout
+    while time.time() < end:
+        s = read_steps(path)
+        if s and max(s) >= n:
+            return s
+        time.sleep(0.2)
+    raise AssertionError("%s did not reach step %d: %s" % (path, n, max(read_steps(path) or [0])))
+
+
+def start(e, name, cid, log, ann=None, env=None):
+    b = make_gpu_bundle(os.path.join(e.dir, name), e.logs, log,
+                        dict({"APP_MIB": str(MIB), "APP_TICK": "0.05"}, **(env or {})), ann)
+    p, out = e.grit.create_with_pipes(b, cid)
+    assert p.returncode == 0, e.grit.log_error(b)
+    assert e.grit.run(b, "start", cid).returncode == 0
+    return b
+
+
+def ckpt(e, b, cid, image, *extra):
+    t = time.monotonic()
+    p = e.grit.run(b, "checkpoint", "--image-path", image, "--work-path", image + "-w", *extra, cid,
+                   timeout=600)
+    return p, time.monotonic() - t
+
+
+def reference(log, steps, env=None):
+    ref = os.path.join(os.path.dirname(log), "ref-" + os.path.basename(log))
+    e = dict(os.environ, APP_MIB=str(MIB), APP_TICK="0", APP_STEPS=str(steps), **(env or {}))
+    subprocess.run([sys.executable, os.path.join(APP_DIR, "app.py"), ref], env=e, check=True,
+                   timeout=600)
+    return read_steps(ref)
+
+
+def test_migrate_chain_leave_running_and_failed_dump(g):
+    log = os.path.join(g.logs, "a.log")
+    b = start(g, "src", "src", "a.log")
+    wait_steps(log, 10)
+    img1 = os.path.join(g.ckroot, "img1")
+    p, dt = ckpt(g, b, "src", img1)
+    assert p.returncode == 0, g.grit.log_error(b)
+    s1 = max(read_steps(log))
+    print("checkpoint 1: %.2fs at step %d" % (dt, s1))
+    g.grit.run(b, "delete", "src")
+    # 1. restore into a new container id via grit.dev/restore-from
+    t = time.monotonic()
+    b1 = start(g, "dst1", "dst1", "a.log", {"grit.dev/restore-from": img1})
+    print("restore 1: %.2fs" % (time.monotonic() - t))
+    wait_steps(log, s1 + 5)
+    pid1 = g.grit.state("dst1")["pid"]
+    assert helper().state(pid1) == "running"
+    # 2. chain: checkpoint the restored container, restore again
+    img2 = os.path.join(g.ckroot, "img2")
+    p, dt = ckpt(g, b1, "dst1", img2)
+    assert p.returncode == 0, g.grit.log_error(b1)
+    s2 = max(read_steps(log))
+    print("checkpoint 2 (of a restored container): %.2fs at step %d" % (dt, s2))
+    g.grit.run(b1, "delete", "dst1")
+    b2 = start(g, "dst2", "dst2", "a.log", {"grit.dev/restore-from": img2})
+    wait_steps(log, s2 + 5)
+    # 3. --leave-running: the source continues and its CUDA state is running
+    img3 = os.path.join(g.ckroot, "img3")
+    p, dt = ckpt(g, b2, "dst2", img3, "--leave-running")
+    assert p.returncode == 0, g.grit.log_error(b2)
+    s3 = max(read_steps(log))
+    print("checkpoint 3 (--leave-running): %.2fs at step %d" % (dt, s3))
+    wait_steps(log, s3 + 5)
+    assert helper().state(g.grit.state("dst2")["pid"]) == "running"
+    s3b = max(read_steps(log))
+    g.grit.run(b2, "delete", "--force", "dst2")
+    time.sleep(1)
+    # the leave-running image restores (to the step it was taken at; log lines after s3
+    # from dst2 are overwritten by the restored run's identical ones)
+    b3 = start(g, "dst3", "dst3", "a.log", {"grit.dev/restore-from": img3})
+    wait_steps(log, s3b + 5)
+    pid3 = g.grit.state("dst3")["pid"]
+    # 4. a dump made to fail (image dir on a full filesystem): the source keeps computing
+    tiny = os.path.join(g.dir, "tiny")
+    os.makedirs(tiny)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", tiny], check=True)
+    try:
+        p, dt = ckpt(g, b3, "dst3", os.path.join(tiny, "img"))
+        assert p.returncode != 0
+        print("failed dump: %.2fs: %s" % (dt, g.grit.log_error(b3)))
+    finally:
+        subprocess.run(["umount", "-l", tiny])
+    assert helper().state(pid3) == "running"
+    s4 = max(read_steps(log))
+    wait_steps(log, s4 + 5)
+    g.grit.run(b3, "delete", "--force", "dst3")
+    # every step printed, across 4 containers, equals the uninterrupted run, bit for bit
+    seen = read_steps(log)
+    ref = reference(log, max(seen))
+    diff = [n for n in seen if seen[n][0] != ref[n][0]]
+    print("steps compared: %d (1..%d); differing: %d" % (len(seen), max(seen), len(diff)))
+    assert not diff, [(n, seen[n][0], ref[n][0]) for n in diff[:5]]
+    assert sorted(seen) == list(range(1, max(seen) + 1))
+
+
+def test_two_cuda_processes_parent_and_child(g):
+    log = os.path.join(g.logs, "pc.log")
+    b = start(g, "pc", "pc", "pc.log", env={"APP_CHILD": "1", "APP_MIB": "1024"})
+    wait_steps(log, 10)
+    wait_steps(log + ".child", 10)
+    img = os.path.join(g.ckroot, "pc")
+    p, dt = ckpt(g, b, "pc", img)
+    assert p.returncode == 0, g.grit.log_error(b)
+    import json
+    man = json.load(open(os.path.join(img, "grit-manifest.json")))
+    procs = man["gpu"]["processes"]
+    print("two-process checkpoint: %.2fs; manifest gpu: %s" % (dt, json.dumps(man["gpu"])))
+    assert len(procs) == 2 and all((p_["vram_bytes"] or 0) >= 1 << 30 for p_ in procs)
+    s_p, s_c = max(read_steps(log)), max(read_steps(log + ".child"))
+    g.grit.run(b, "delete", "pc")
+    start(g, "pc2", "pc2", "pc.log", {"grit.dev/restore-from": img},
+          env={"APP_CHILD": "1", "APP_MIB": "1024"})
+    wait_steps(log, s_p + 5)
+    wait_steps(log + ".child", s_c + 5)
+    g.grit.run(None, "delete", "--force", "pc2")
+    for path, env in ((log, {"APP_MIB": "1024"}), (log + ".child", {"APP_MIB": "1024", "APP_SEED": "1"})):
+        seen = read_steps(path)
+        ref = reference(path, max(seen), env)
+        assert all(seen[n][0] == ref[n][0] for n in seen), path
+        print("%s: %d steps bit-identical" % (os.path.basename(path), len(seen)))
+
+
+def test_destination_without_matching_gpu_is_refused(g):
+    """A manifest naming another GPU model is refused before CRIU runs."""
+    import json
+    from runc_grit import manifest
+    log = os.path.join(g.logs, "m.log")
+    b = start(g, "m", "m", "m.log", env={"APP_MIB": "256"})
+    wait_steps(log, 3)
+    img = os.path.join(g.ckroot, "m")
+    assert ckpt(g, b, "m", img)[0].returncode == 0
+    g.grit.run(b, "delete", "m")
+    m = json.load(open(os.path.join(img, manifest.NAME)))
+    m["gpu"]["devices"][0]["name"] = "NVIDIA Imaginary 9000"
+    manifest.write(img, m)
+    b2 = make_gpu_bundle(os.path.join(g.dir, "m2"), g.logs, "m.log", {}, {"grit.dev/restore-from": img})
+    p, _ = g.grit.create_with_pipes(b2, "m2")
+    assert p.returncode == 1
+    assert "NVIDIA Imaginary 9000" in g.grit.log_error(b2)
+    assert g.grit.state("m2") is None

@@ -1,0 +1,139 @@
+"""GPU hook order with a recording fake cuda-checkpoint (cuda.helper), real runc + CRIU.
+
+The fake records, at each call, the target's TracerPid and State from /proc: CRIU seizes
+(ptraces) every task when it freezes them, so TracerPid 0 at lock/checkpoint time proves the
+call came before the freeze, and TracerPid 0 at restore/unlock proves it came after resume.
+"""
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from conftest import FAKES, Env
+from test_integration_runc import assert_continues, checkpoint
+
+pytestmark = pytest.mark.integration
+
+# Two CUDA processes, a parent and its child (FAKE_CUDA=1 in their environment only), and a
+# counter that is not a CUDA process.
+WORKLOAD = ('FAKE_CUDA=1 sh -c "sleep 100000 & wait" & '
+            'i=0; while true; do i=$((i+1)); echo "$i"; sleep 0.1; done')
+
+
+@pytest.fixture
+def gpuenv(workdir):
+    e = Env(workdir, {"cuda": {"helper": os.path.join(FAKES, "fake-cuda-checkpoint"),
+                               "lock_timeout_ms": 4321}})
+    e.fake_dir = os.path.join(workdir, "fake-cuda")
+    e.env["FAKE_CUDA_DIR"] = e.fake_dir
+    e.grit.env["FAKE_CUDA_DIR"] = e.fake_dir
+    yield e
+    e.cleanup()
+
+
+def calls(e):
+    p = os.path.join(e.fake_dir, "calls.jsonl")
+    if not os.path.exists(p):
+        return []
+    return [json.loads(ln) for ln in open(p)]
+
+
+def fake_state(pid):
+    out = subprocess.run([os.path.join(FAKES, "fake-cuda-checkpoint"), "--get-state", "--pid", str(pid)],
+                         capture_output=True)
+    return out.stdout.decode().strip()
+
+
+def cuda_pids(e, cid):
+    ps = e.runc("ps", "--format", "json", cid)
+    return [p for p in json.loads(ps.stdout) if fake_state(p) in ("running", "locked", "checkpointed")]
+
+
+def start(e, name, cid, ann=None, rootfs_from=None):
+    b = e.bundle(name, args=["sh", "-c", WORKLOAD], annotations=ann, rootfs_from=rootfs_from)
+    p, out = e.grit.create_with_pipes(b, cid)
+    assert p.returncode == 0, e.grit.log_error(b)
+    assert e.grit.run(b, "start", cid).returncode == 0
+    assert out.wait_for(lambda r: len(r.ints()) >= 3)
+    return b, out
+
+
+def test_lock_checkpoint_before_freeze_restore_unlock_after_resume(gpuenv):
+    e = gpuenv
+    b, out = start(e, "src", "src")
+    src_cuda = cuda_pids(e, "src")
+    assert len(src_cuda) == 2
+    image = os.path.join(e.ckroot, "gpu")
+    checkpoint(e, b, "src", image)
+    out.closed()
+    dump_calls = calls(e)
+    for pid in src_cuda:
+        mine = [c for c in dump_calls if c["pid"] == pid]
+        assert [c["action"] for c in mine] == ["lock", "checkpoint"]  # once each, though hooks run twice
+        assert all(c["TracerPid"] == "0" for c in mine)               # before CRIU seized the task
+        assert mine[0]["timeout"] == "4321"
+    # every lock precedes every checkpoint
+    assert [c["action"] for c in dump_calls] == ["lock", "lock", "checkpoint", "checkpoint"]
+    hooks = [json.loads(ln) for ln in open(os.path.join(e.state_dir, "src", "hooks.jsonl"))]
+    assert [h["action"] for h in hooks] == ["pre-dump", "pre-dump"]  # runc runs it twice
+    man = json.load(open(os.path.join(image, "grit-manifest.json")))
+    assert sorted(p["pid"] for p in man["gpu"]["processes"]) == sorted(src_cuda)
+    assert "cuda_checkpoint_s" in man["timings"]
+    e.grit.run(b, "delete", "src")
+
+    n = len(dump_calls)
+    b2, out2 = start(e, "dst", "dst", {"grit.dev/restore-from": image}, os.path.join(b, "rootfs"))
+    assert_continues(out.ints(), out2.ints())
+    dst_cuda = cuda_pids(e, "dst")
+    assert len(dst_cuda) == 2
+    rest = calls(e)[n:]
+    for pid in dst_cuda:
+        mine = [c for c in rest if c["pid"] == pid]
+        assert [c["action"] for c in mine] == ["restore", "unlock"]
+        assert all(c["TracerPid"] == "0" and not c["State"].startswith("t") for c in mine)
+        assert fake_state(pid) == "running"
+
+
+def test_failed_dump_leaves_every_process_unlocked(gpuenv):
+    e = gpuenv
+    b, out = start(e, "fail", "fail")
+    pids = cuda_pids(e, "fail")
+    tiny = os.path.join(e.dir, "tiny")
+    os.makedirs(tiny)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", tiny], check=True)
+    try:
+        p = e.grit.run(b, "checkpoint", "--image-path", os.path.join(tiny, "img"),
+                       "--work-path", os.path.join(e.dir, "work"), "fail")
+        assert p.returncode != 0
+        assert "keeps running" in e.grit.log_error(b)
+        assert not os.path.exists(os.path.join(tiny, "img", "grit-manifest.json"))
+    finally:
+        subprocess.run(["umount", "-l", tiny])
+    actions = {pid: [c["action"] for c in calls(e) if c["pid"] == pid] for pid in pids}
+    for pid in pids:
+        assert actions[pid][:2] == ["lock", "checkpoint"]
+        assert actions[pid][-2:] == ["restore", "unlock"]
+        assert fake_state(pid) == "running"
+    n = len(out.ints())
+    assert out.wait_for(lambda r: len(r.ints()) >= n + 3), "source stopped counting"
+    assert e.grit.state("fail")["status"] == "running"
+
+
+def test_leave_running_resumes_cuda(gpuenv):
+    e = gpuenv
+    b, out = start(e, "lr", "lr")
+    pids = cuda_pids(e, "lr")
+    image = os.path.join(e.ckroot, "lr")
+    checkpoint(e, b, "lr", image, "--leave-running")
+    for pid in pids:
+        assert [c["action"] for c in calls(e) if c["pid"] == pid] == \
+            ["lock", "checkpoint", "restore", "unlock"]
+        assert fake_state(pid) == "running"
+    n = len(out.ints())
+    assert out.wait_for(lambda r: len(r.ints()) >= n + 3)
+    b2, out2 = start(e, "lr2", "lr2", {"grit.dev/restore-from": image}, os.path.join(b, "rootfs"))
+    for pid in cuda_pids(e, "lr2"):
+        assert fake_state(pid) == "running"
+    assert out2.ints()[0] > 1
