@@ -96,8 +96,9 @@ def _criu_error(work_dir, names):
         except OSError:
             continue
         errs = [ln.split("):", 1)[-1].strip() for ln in lines if "Error (" in ln]
+        # the last error is the one that stopped CRIU; earlier ones are often harmless
         if errs:
-            return errs[0][:300]
+            return errs[-1][:300]
     return None
 
 

@@ -73,14 +73,30 @@ def start(e, name, cid, log, ann=None, env=None):
 
 def ckpt(e, b, cid, image, *extra):
     t = time.monotonic()
+    pids = []
+    st = e.grit.state(cid)
+    if st:
+        from runc_grit.gpu import container_pids
+        pids = container_pids(st["pid"])
     p = e.grit.run(b, "checkpoint", "--image-path", image, "--work-path", image + "-w", *extra, cid,
                    timeout=600)
+    if p.returncode != 0:  # diagnostics for the record
+        try:
+            lines = open(os.path.join(image + "-w", "dump.log")).read().splitlines()
+            print("dump.log errors:", [ln for ln in lines if "Error" in ln or "rror (" in ln][-8:])
+        except OSError:
+            pass
+        for pid in pids:
+            for t in sorted(os.listdir("/proc/%d/task" % pid)) if os.path.exists("/proc/%d" % pid) else []:
+                s = open("/proc/%d/task/%s/status" % (pid, t)).read()
+                print(pid, t, [ln for ln in s.splitlines() if ln.split(":")[0] in ("Name", "State", "TracerPid")])
     return p, time.monotonic() - t
 
 
 def reference(log, steps, env=None):
     ref = os.path.join(os.path.dirname(log), "ref-" + os.path.basename(log))
-    e = dict(os.environ, APP_MIB=str(MIB), APP_TICK="0", APP_STEPS=str(steps), **(env or {}))
+    e = dict(os.environ, APP_MIB=str(MIB), APP_TICK="0", APP_STEPS=str(steps))
+    e.update(env or {})
     subprocess.run([sys.executable, os.path.join(APP_DIR, "app.py"), ref], env=e, check=True,
                    timeout=600)
     return read_steps(ref)
