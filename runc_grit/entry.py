@@ -55,14 +55,14 @@ def main(argv=None):
         inv = _argv.parse(args)
     except _argv.ArgvError:
         inv = None  # let the runtime produce its own usage error
+    cmd = inv.command if inv is not None else None
+    if cmd in INTERCEPTED:  # loads and validates the full config itself
+        from runc_grit.intercept import dispatch
+        return dispatch(inv, args)
     conf = fastconf.read()
     if conf is None:
         from runc_grit.config import load
         conf = load().as_dict()
-    cmd = inv.command if inv is not None else None
-    if cmd in INTERCEPTED:
-        from runc_grit.intercept import dispatch
-        return dispatch(inv, args)
     if cmd in ("start", "delete") and len(inv.args) == 1 and _valid_id(inv.args[0]):
         if os.path.isdir(os.path.join(conf["state_dir"], inv.args[0])):
             from runc_grit.lifecycle import dispatch

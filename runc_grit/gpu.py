@@ -384,10 +384,6 @@ def epilogue(st, conf, log=None):
                 log.error("CUDA resume of pid %d failed: %s" % (p, e.message))
     rec["epilogue"] = {"resumed": resumed, "failed": failed}
     _write_record(st, rec)
-    try:
-        os.unlink(_marker(st, "pre-dump", 0))
-    except (OSError, TypeError):
-        pass
     if failed:
         raise GritError("CUDA processes %s could not be resumed" % failed, kind="gpu")
     return resumed

@@ -24,14 +24,10 @@ class Runtime:
     def argv(self, args):
         return [self.path] + list(args)
 
-    def call(self, args, **kw):
-        """Run `runtime <globals> args...`; returns (rc, stdout)."""
-        return procs.run(self.argv(self.globals + list(args)), **kw)
-
     def state(self, cid):
         """`runtime state` as a dict, or None when the runtime does not know the container."""
-        quiet_globals = [g for g in _drop_log(self.globals)]
-        rc, out = procs.run(self.argv(quiet_globals + ["state", cid]), capture=True, timeout=60)
+        rc, out = procs.run(self.argv(_drop_log(self.globals) + ["state", cid]), capture=True,
+                            timeout=60)
         if rc != 0 or not out:
             return None
         try:
