@@ -7,9 +7,6 @@ from runc_grit import __version__
 
 
 def operator_main(args):
-    if args[0] == "hook":  # CRIU action script: no click, as little as possible
-        from runc_grit.hook import main
-        return main()
     try:
         return cli.main(args=list(args), prog_name="runc-grit", standalone_mode=False) or 0
     except click.exceptions.Exit as e:

@@ -2,10 +2,6 @@
 import copy
 import json
 import os
-from importlib import resources
-
-import jsonschema
-import yaml
 
 from runc_grit import fastconf
 from runc_grit.errors import GritError
@@ -20,6 +16,7 @@ DEFAULTS = {
     "accept_raw_criu": False,
     "hook_script": None,
     "verify": "size",
+    "restore_cgroups": "ignore",
     "cuda": {
         "enabled": "auto",
         "helper": "builtin",
@@ -31,6 +28,7 @@ DEFAULTS = {
 
 
 def load_schema(name):
+    from importlib import resources
     return json.loads(resources.files("runc_grit").joinpath("schemas", name).read_text())
 
 
@@ -60,6 +58,7 @@ def _key_path(err):
 
 
 def validate(data, source="config"):
+    import jsonschema
     schema = load_schema("config.schema.json")
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data),
                     key=lambda e: list(e.absolute_path))
@@ -89,6 +88,7 @@ def load(path=None):
         return Config(merge({}), None)
     except OSError as e:
         raise GritError("config %s: %s" % (path, e.strerror), kind="config") from None
+    import yaml
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -10,8 +10,10 @@
 Both hooks are idempotent (runc runs every hook twice): a second call finds its marker and
 returns before loading CUDA. cuda.json in the container's state dir records what was done.
 """
+import json
 import os
 import subprocess
+import threading
 import time
 
 from runc_grit.errors import GritError
@@ -110,7 +112,7 @@ def _mark(st, action, init_pid):
     p = _marker(st, action, init_pid)
     if p:
         with open(p, "w") as f:
-            f.write(str(init_pid))
+            f.write("%s\n" % init_pid)
 
 
 def hook_timings(st):
@@ -141,6 +143,13 @@ def inventory():
     except Exception:  # noqa: BLE001 - NVML missing or failing: try nvidia-smi
         pass
     return _inventory_smi()
+
+
+def _inventory_or_none():
+    try:
+        return inventory()
+    except Exception:  # noqa: BLE001 - the manifest then lacks the GPU inventory
+        return None
 
 
 def _inventory_nvml():
@@ -220,10 +229,18 @@ def pre_dump(init_pid, st, conf, log=None):
     if _done(st, "pre-dump", init_pid):
         return []
     t0 = time.monotonic()
+    if conf.cuda.get("enabled") == "never":
+        _mark(st, "pre-dump", init_pid)
+        return []
+    # NVML (or nvidia-smi) runs while the helper loads the driver: both are start-up costs
+    inv_box = []
+    inv_thread = threading.Thread(target=lambda: inv_box.append(_inventory_or_none()), daemon=True)
+    inv_thread.start()
     helper = _helper(conf)
     if helper is None:
         _mark(st, "pre-dump", init_pid)
         return []
+    t_helper = time.monotonic()
     pids = container_pids(init_pid)
     cuda = {}
     for p in pids:
@@ -233,9 +250,10 @@ def pre_dump(init_pid, st, conf, log=None):
     rec = read_record(st)
     rec.update({"init_pid": int(init_pid), "helper": helper.name,
                 "processes": {str(p): {"state_before": s} for p, s in cuda.items()},
-                "timings": {}})
+                "timings": {"helper_init_s": t_helper - t0}})
     if cuda:
-        inv = inventory()
+        inv_thread.join(120)
+        inv = inv_box[0] if inv_box else None
         if inv:
             rec["driver_version"] = inv["driver_version"]
             used = {u for p in cuda for u, _ in inv["apps"].get(p, [])}
@@ -263,7 +281,8 @@ def pre_dump(init_pid, st, conf, log=None):
         s = helper.state(p)
         if s != "checkpointed":
             raise GritError("pid %d: CUDA state %s after checkpoint" % (p, s), kind="gpu")
-    rec["timings"].update({"cuda_lock_s": t2 - t1, "cuda_checkpoint_s": t3 - t2,
+    rec["timings"].update({"discovery_s": t1 - t_helper, "cuda_lock_s": t2 - t1,
+                           "cuda_checkpoint_s": t3 - t2,
                            "pre_dump_hook_s": time.monotonic() - t0})
     _write_record(st, rec)
     _mark(st, "pre-dump", init_pid)
@@ -301,6 +320,54 @@ def _visible_devices(inv, bundle):
     return chosen or devs
 
 
+def gpu_node_script(spec_devices, present):
+    """Shell commands that make a container's /dev/nvidiaN nodes those of its spec: create
+    the missing ones, remove GPU nodes the spec does not list. Pure."""
+    want = {}
+    for d in spec_devices or []:
+        path = d.get("path", "")
+        if path.startswith("/dev/nvidia") and d.get("type", "c") == "c":
+            want[path] = d
+    cmds = []
+    for path, d in sorted(want.items()):
+        if path not in present:
+            cmds.append("mknod -m %o %s c %d %d && chown %d:%d %s" % (
+                d.get("fileMode", 0o666) & 0o7777, path, int(d["major"]), int(d["minor"]),
+                int(d.get("uid", 0)), int(d.get("gid", 0)), path))
+    for path in sorted(present):
+        if path[11:].isdigit() and path not in want:
+            cmds.append("rm -f %s" % path)
+    return cmds
+
+
+def sync_gpu_nodes(init_pid, bundle):
+    """Apply gpu_node_script inside the container's mount namespace (nsenter)."""
+    if not bundle:
+        return
+    from runc_grit import spec as _spec
+    try:
+        devices = ((_spec.load(bundle).get("linux") or {}).get("devices")) or []
+    except GritError:
+        return
+    root = "/proc/%d/root/dev" % int(init_pid)
+    try:
+        present = {"/dev/" + n for n in os.listdir(root) if n.startswith("nvidia")}
+    except OSError as e:
+        raise GritError("cannot read the container's /dev: %s" % e.strerror, kind="gpu") from None
+    cmds = gpu_node_script(devices, present)
+    if not cmds:
+        return
+    try:
+        p = subprocess.run(["nsenter", "-t", str(int(init_pid)), "-m", "--", "sh", "-ec",
+                            "; ".join(cmds)], capture_output=True, timeout=30,
+                           stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise GritError("GPU device nodes for the remap: %s" % e, kind="gpu") from None
+    if p.returncode != 0:
+        raise GritError("GPU device nodes for the remap: %s"
+                        % p.stderr.decode("utf-8", "replace").strip()[-300:], kind="gpu")
+
+
 def _manifest_gpu(image_dir):
     if not image_dir:
         return None
@@ -312,8 +379,10 @@ def _manifest_gpu(image_dir):
     return (m or {}).get("gpu")
 
 
-def post_resume(init_pid, st, conf, image_dir=None, log=None):
-    """Restore and unlock every checkpointed CUDA process; each must end `running`."""
+def post_resume(init_pid, st, conf, image_dir=None, log=None, pairs=None):
+    """Restore and unlock every checkpointed CUDA process; each must end `running`.
+    ``pairs``: the GPU remapping runc-grit chose before the restore (check_destination);
+    None: work it out here from the image's manifest and this node's GPUs."""
     if _done(st, "post-resume", init_pid):
         return []
     t0 = time.monotonic()
@@ -327,13 +396,19 @@ def post_resume(init_pid, st, conf, image_dir=None, log=None):
         s = helper.state(p)
         if s is not None:
             states[p] = s
-    pairs = []
-    if any(s == "checkpointed" for s in states.values()):
+    if pairs is None and any(s == "checkpointed" for s in states.values()):
+        pairs = []
         src = _manifest_gpu(image_dir)
         if src and src.get("devices"):
             inv = inventory()
             bundle = (st.read() or {}).get("bundle") if st is not None else None
             pairs = device_pairs(src["devices"], _visible_devices(inv, bundle))
+    pairs = [tuple(x) for x in pairs or ()]
+    if pairs and st is not None:
+        # CRIU brought back the source's /dev (a tmpfs, dumped with its contents): the
+        # source GPU's node is there, the destination's is not, and the driver cannot open
+        # the GPU it remaps onto. Make /dev hold the GPUs of this container's spec.
+        sync_gpu_nodes(init_pid, (st.read() or {}).get("bundle"))
     for p, s in states.items():
         if s == "checkpointed":
             helper.restore(p, pairs)
@@ -352,6 +427,29 @@ def post_resume(init_pid, st, conf, image_dir=None, log=None):
         st.write(rec, "cuda-restore.json")
     _mark(st, "post-resume", init_pid)
     return sorted(states)
+
+
+def resume_failure(st, expect_cuda):
+    """After a restore: why CUDA did not resume (the post-resume hook's error), or None.
+    CRIU ignores a failing post-resume script, so runc-grit must look for itself.
+    expect_cuda: the image holds CUDA state, so the hook must have completed."""
+    if st is None or os.path.exists(_st_path(st, "cuda-post-resume.done")):
+        return None
+    err = None
+    try:
+        with open(_st_path(st, "hooks.jsonl")) as f:
+            for ln in f:
+                try:
+                    rec = json.loads(ln)
+                except ValueError:
+                    continue
+                if rec.get("action") == "post-resume" and rec.get("error"):
+                    err = rec["error"]
+    except OSError:
+        pass
+    if err:
+        return err
+    return "the post-resume hook did not run" if expect_cuda else None
 
 
 def epilogue(st, conf, log=None):
@@ -389,18 +487,20 @@ def epilogue(st, conf, log=None):
     return resumed
 
 
-def check_destination(m, conf):
-    """Refuse a checkpoint with CUDA state this node cannot host (count, model, driver)."""
+def check_destination(m, conf, bundle=None):
+    """Refuse a checkpoint with CUDA state this node cannot host (count, model, driver).
+    Returns the GPU UUID pairs the restore remaps (possibly none), or None when the
+    checkpoint holds no CUDA state."""
     g = (m or {}).get("gpu") or {}
     if not g.get("processes"):
-        return
+        return None
     src = g.get("devices") or []
     if conf.cuda.get("enabled") == "never":
         raise GritError("checkpoint holds CUDA state but cuda.enabled is 'never' here", kind="gpu")
     if not src:
         # the source recorded no GPU inventory: all we can check is that a helper is here
         _helper(conf, required=True)
-        return
+        return []
     inv = inventory()
     if not inv or not inv["devices"]:
         raise GritError("checkpoint holds CUDA state of %d GPU(s) (%s); this node has no NVIDIA GPU"
@@ -419,3 +519,4 @@ def check_destination(m, conf):
     if want and inv.get("driver_version") and want.split(".")[0] != inv["driver_version"].split(".")[0]:
         raise GritError("checkpoint made with NVIDIA driver %s; this node has %s"
                         % (want, inv["driver_version"]), kind="gpu")
+    return device_pairs(src, _visible_devices(inv, bundle))

@@ -12,7 +12,7 @@ import sys
 import time
 
 from runc_grit import config as _config
-from runc_grit import gpu
+from runc_grit import criuconf, gpu
 from runc_grit.errors import GritError
 from runc_grit.state import ContainerState
 
@@ -34,6 +34,17 @@ def _journal(st, rec):
         pass
 
 
+def _load_config():
+    """The config runc-grit validated moments ago (RUNC_GRIT_HOOK_CONF), else the file."""
+    raw = os.environ.get("RUNC_GRIT_HOOK_CONF")
+    if raw:
+        try:
+            return _config.Config(json.loads(raw), os.environ.get("RUNC_GRIT_CONFIG"))
+        except ValueError:
+            pass
+    return _config.load(os.environ.get("RUNC_GRIT_CONFIG") or None)
+
+
 def main():
     action = os.environ.get("CRTOOLS_SCRIPT_ACTION", "")
     init_pid = os.environ.get("CRTOOLS_INIT_PID", "")
@@ -41,12 +52,17 @@ def main():
     t0 = time.time()
     rec = {"action": action, "init_pid": init_pid, "t": t0, "pid": os.getpid()}
     try:
-        conf = _config.load(os.environ.get("RUNC_GRIT_CONFIG") or None)
+        conf = _load_config()
         if action == "pre-dump" and init_pid:
             rec["cuda"] = gpu.pre_dump(int(init_pid), st, conf)
         elif action == "post-resume" and init_pid:
+            if st is not None:
+                # the restore is done: later dumps of this container use the plain config
+                criuconf.drop_restore_lines(st.path("criu.conf"))
             image_dir = os.environ.get("RUNC_GRIT_IMAGE_DIR") or os.environ.get("CRTOOLS_IMAGE_DIR")
-            rec["cuda"] = gpu.post_resume(int(init_pid), st, conf, image_dir)
+            pairs = os.environ.get("RUNC_GRIT_DEVICE_PAIRS")
+            rec["cuda"] = gpu.post_resume(int(init_pid), st, conf, image_dir,
+                                          pairs=json.loads(pairs) if pairs else None)
     except GritError as e:
         rec.update(error=e.message, dt=time.time() - t0)
         _journal(st, rec)

@@ -28,12 +28,19 @@ def dispatch(inv, args):
 
 
 def hook_env(conf, st, extra=None):
-    """Environment for the runtime, so CRIU's action script finds this container's state."""
+    """Environment for the runtime, so CRIU's action script finds this container's state.
+
+    The hook's Python starts without site (-S) and gets this process's import path and its
+    already validated config as JSON: no YAML parser, no schema validation, no .pth scan in
+    the dump's critical path."""
+    import json
     env = dict(os.environ)
     env["RUNC_GRIT_STATE"] = st.dir
     if conf.path:
         env["RUNC_GRIT_CONFIG"] = conf.path
     env["RUNC_GRIT_PYTHON"] = sys.executable
+    env["RUNC_GRIT_PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+    env["RUNC_GRIT_HOOK_CONF"] = json.dumps(conf.as_dict())
     if extra:
         env.update(extra)
     return env
@@ -49,12 +56,12 @@ def _exec(runtime, args):
     os.execv(runtime.path, [runtime.path] + list(args))
 
 
-def _prepare_spec(conf, st, bundle, spec, changes=()):
+def _prepare_spec(conf, st, bundle, spec, changes=(), restore_lines=()):
     """Write the container's CRIU config and point the bundle's config.json at it."""
     own = st.path("criu.conf")
     ann = _spec.annotations(spec)
     criuconf.write(own, st.id, _config.hook_script(conf), conf.criu_options,
-                   ann.get(_spec.CRIU_CONFIG_ANNOTATION))
+                   ann.get(_spec.CRIU_CONFIG_ANNOTATION), restore_lines)
     _spec.apply(spec, [_spec.set_criu_config(own)] + list(changes))
     _spec.save(bundle, spec)
 
@@ -119,7 +126,8 @@ def do_create(inv, args, conf, log):
         if not _claim_state(rt, st):
             st.unlock()
             _exec(rt, args)  # the runtime reports "container exists"
-        _prepare_spec(conf, st, bundle, spec)
+        _prepare_spec(conf, st, bundle, spec,
+                      restore_lines=criuconf.restore_options(conf.restore_cgroups) if req else ())
         if req is None:
             st.write({"id": cid, "bundle": bundle, "created": time.time(), "restored_from": None})
             st.unlock()
@@ -141,7 +149,7 @@ def _restore_on_create(inv, args, conf, log, rt, st, bundle, req):
     cid = st.id
     try:
         image_dir, m = source.validate(req.path, conf)
-        gpu.check_destination(m, conf)
+        pairs = gpu.check_destination(m, conf, bundle)
     except GritError as e:
         if req.policy == "fresh":
             _fresh(log, rt, st, bundle, args, "restore from %s refused: %s" % (req.path, e.message))
@@ -158,16 +166,26 @@ def _restore_on_create(inv, args, conf, log, rt, st, bundle, req):
               "annotation": req.annotation, "phase": "restoring"})
     log.debug("restoring %s from %s" % (cid, image_dir))
     t0 = time.monotonic()
-    rc, _ = procs.run([rt.path] + rargs,
-                      env=hook_env(conf, st, {"RUNC_GRIT_IMAGE_DIR": image_dir}))
+    extra = {"RUNC_GRIT_IMAGE_DIR": image_dir}
+    if pairs is not None:
+        import json
+        extra["RUNC_GRIT_DEVICE_PAIRS"] = json.dumps(pairs)
+    rc, _ = procs.run([rt.path] + rargs, env=hook_env(conf, st, extra))
     elapsed = time.monotonic() - t0
-    if rc == 0 and (not detach or rt.state(cid) is not None):
+    ok = rc == 0 and (not detach or rt.state(cid) is not None)
+    reason = None
+    if ok and detach:
+        why = gpu.resume_failure(st, pairs is not None)
+        if why:  # the tasks run, but their CUDA state is still checkpointed: not a restore
+            ok, reason = False, "CUDA state not resumed: %s" % why
+    if ok:
+        criuconf.drop_restore_lines(st.path("criu.conf"))
         st.update(phase="restored", restore_seconds=elapsed)
         if inv.command == "create":
             st.mark_restored()
         log.debug("restored %s in %.3fs" % (cid, elapsed))
         return 0 if detach else rc
-    reason = _failure_reason(inv, work, rc)
+    reason = reason or _failure_reason(inv, work, rc)
     rt.force_delete(cid)
     if req.policy == "fresh":
         _fresh(log, rt, st, bundle, args, "restore from %s failed: %s" % (image_dir, reason))
@@ -193,12 +211,21 @@ def do_restore(inv, args, conf, log):
     with st:
         if not _claim_state(rt, st):
             _exec(rt, args)
-        _prepare_spec(conf, st, bundle, spec)
+        own_mode = inv.has("manage-cgroups-mode")  # the caller chose; CRIU's config would win
+        _prepare_spec(conf, st, bundle, spec, restore_lines=() if own_mode else
+                      criuconf.restore_options(conf.restore_cgroups))
         image_dir = inv.value("image-path") or os.path.join(os.getcwd(), "checkpoint")
         st.write({"id": cid, "bundle": bundle, "created": time.time(),
                   "restored_from": os.path.abspath(image_dir), "phase": "restoring"})
         rc, _ = procs.run([rt.path] + _with_criu(conf, args),
                           env=hook_env(conf, st, {"RUNC_GRIT_IMAGE_DIR": image_dir}))
+        criuconf.drop_restore_lines(st.path("criu.conf"))
+        why = gpu.resume_failure(st, False) if rc == 0 else None
+        if why:
+            rt.force_delete(cid)
+            st.remove()
+            raise GritError("restore of %s: CUDA state not resumed: %s" % (cid, why),
+                            kind="restore")
         if rc == 0:
             st.update(phase="restored")
         elif rt.state(cid) is None:
@@ -254,7 +281,8 @@ def do_checkpoint(inv, args, conf, log):
         timings["manifest_s"] = time.monotonic() - t1
         m = manifest.build(
             cid, info.get("annotations") or {}, info.get("bundle"),
-            {"name": os.path.basename(rt.path), "path": rt.path, "version": rt.version()},
+            {"name": os.path.basename(rt.path), "path": rt.path,
+             "version": procs.version_of(rt.path, cache_dir=conf.state_dir)},
             {"path": conf.criu, "version": _criu_version(conf)},
             images, timings, leave_running=leave_running, gpu=gpu.manifest_section(st),
         )
@@ -271,7 +299,7 @@ def do_checkpoint(inv, args, conf, log):
 def _criu_version(conf):
     from runc_grit import fastconf
     path = fastconf.which(conf.criu) or conf.criu
-    return procs.version_of(path)
+    return procs.version_of(path, cache_dir=conf.state_dir)
 
 
 HANDLERS = {"create": do_create, "run": do_create, "restore": do_restore,

@@ -59,8 +59,12 @@ def run(argv, env=None, quiet=False, capture=False, timeout=None):
     return proc.returncode, out
 
 
-def version_of(binary, flag="--version"):
-    """First version-looking word of `binary --version` (runc, crun, runsc, criu)."""
+def version_of(binary, flag="--version", cache_dir=None):
+    """First version-looking word of `binary --version` (runc, crun, runsc, criu).
+    With cache_dir: remembered per binary (path, size, mtime) in cache_dir/versions.json,
+    which keeps two process starts out of every checkpoint."""
+    if cache_dir:
+        return _cached_version(binary, flag, cache_dir)
     rc, out = run([binary, flag], capture=True, timeout=20)
     if rc != 0 or not out:
         return None
@@ -72,3 +76,33 @@ def version_of(binary, flag="--version"):
         if " version " in low:
             return line.split(" version ", 1)[1].split()[0]
     return text.split()[0] if text.split() else None
+
+
+def _cached_version(binary, flag, cache_dir):
+    import json
+    from runc_grit.fsutil import write_json_atomic
+    try:
+        st = os.stat(binary)
+    except OSError:
+        return version_of(binary, flag)
+    key = "%s %s %d %d" % (os.path.realpath(binary), flag, st.st_size, st.st_mtime_ns)
+    path = os.path.join(cache_dir, "versions.json")
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    v = version_of(binary, flag)
+    if v is not None:
+        cache = {k: c for k, c in cache.items() if not k.startswith(os.path.realpath(binary) + " ")}
+        cache[key] = v
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+            write_json_atomic(path, cache)
+        except OSError:
+            pass
+    return v

@@ -40,9 +40,6 @@ class Runtime:
                           quiet=True, timeout=60)
         return rc
 
-    def version(self):
-        return procs.version_of(self.path)
-
 
 def _drop_log(globals_):
     """Our own bookkeeping calls do not write into containerd's log file."""

@@ -86,6 +86,23 @@ class Env:
         return subprocess.run(["runc", "--root", self.root] + list(args), capture_output=True,
                               timeout=60, **kw)
 
+    def cgroups_missing(self, cid):
+        """The cgroups runc made for container cid (its state.json) that do not hold its init."""
+        with open(os.path.join(self.root, cid, "state.json")) as f:
+            st = json.load(f)
+        pid = st["init_process_pid"]
+        missing = []
+        for ctrl, path in sorted(st["cgroup_paths"].items()):
+            try:
+                with open(os.path.join(path, "cgroup.procs")) as f:
+                    procs = {int(x) for x in f.read().split()}
+            except OSError as e:
+                missing.append("%s %s: %s" % (ctrl or "unified", path, e.strerror))
+                continue
+            if pid not in procs:
+                missing.append("%s %s" % (ctrl or "unified", path))
+        return missing
+
     def cleanup(self):
         p = self.runc("list", "-q")
         for cid in p.stdout.decode().split():

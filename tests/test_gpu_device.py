@@ -62,13 +62,44 @@ def wait_steps(path, n, timeout=120):
     raise AssertionError("%s did not reach step %d: %s" % (path, n, max(read_steps(path) or [0])))
 
 
-def start(e, name, cid, log, ann=None, env=None):
+def start(e, name, cid, log, ann=None, env=None, devices=None):
     b = make_gpu_bundle(os.path.join(e.dir, name), e.logs, log,
-                        dict({"APP_MIB": str(MIB), "APP_TICK": "0.05"}, **(env or {})), ann)
+                        dict({"APP_MIB": str(MIB), "APP_TICK": "0.05"}, **(env or {})), ann,
+                        devices)
     p, out = e.grit.create_with_pipes(b, cid)
     assert p.returncode == 0, e.grit.log_error(b)
     assert e.grit.run(b, "start", cid).returncode == 0
+    e.outputs = getattr(e, "outputs", {})
+    e.outputs[cid] = out
     return b
+
+
+def diagnose(e, cid):
+    """What a stalled container shows: status, CUDA state, the hook records, thread states,
+    and the app's Python stacks (SIGUSR1 -> faulthandler, on its stderr)."""
+    import signal
+    st = e.grit.state(cid)
+    print("state:", st and st["status"])
+    for name in ("cuda-restore.json", "hooks.jsonl"):
+        try:
+            print(name + ":", open(os.path.join(e.state_dir, cid, name)).read().strip())
+        except OSError:
+            pass
+    if st and st["status"] == "running":
+        pid = st["pid"]
+        print("cuda state:", helper().state(pid))
+        for tid in sorted(os.listdir("/proc/%d/task" % pid), key=int):
+            try:
+                wchan = open("/proc/%d/task/%s/wchan" % (pid, tid)).read()
+                stat = open("/proc/%d/task/%s/stat" % (pid, tid)).read().split(")")[1].split()[0]
+                print("  tid", tid, stat, wchan)
+            except OSError:
+                pass
+        os.kill(pid, signal.SIGUSR1)
+        time.sleep(2)
+    out = getattr(e, "outputs", {}).get(cid)
+    if out is not None:
+        print("output:\n" + "\n".join(out.lines[-60:]))
 
 
 def ckpt(e, b, cid, image, *extra):
@@ -87,9 +118,9 @@ def ckpt(e, b, cid, image, *extra):
         except OSError:
             pass
         for pid in pids:
-            for t in sorted(os.listdir("/proc/%d/task" % pid)) if os.path.exists("/proc/%d" % pid) else []:
-                s = open("/proc/%d/task/%s/status" % (pid, t)).read()
-                print(pid, t, [ln for ln in s.splitlines() if ln.split(":")[0] in ("Name", "State", "TracerPid")])
+            for tid in sorted(os.listdir("/proc/%d/task" % pid)) if os.path.exists("/proc/%d" % pid) else []:
+                s = open("/proc/%d/task/%s/status" % (pid, tid)).read()
+                print(pid, tid, [ln for ln in s.splitlines() if ln.split(":")[0] in ("Name", "State", "TracerPid")])
     return p, time.monotonic() - t
 
 
@@ -119,6 +150,7 @@ def test_migrate_chain_leave_running_and_failed_dump(g):
     wait_steps(log, s1 + 5)
     pid1 = g.grit.state("dst1")["pid"]
     assert helper().state(pid1) == "running"
+    assert g.cgroups_missing("dst1") == []
     # 2. chain: checkpoint the restored container, restore again
     img2 = os.path.join(g.ckroot, "img2")
     p, dt = ckpt(g, b1, "dst1", img2)
@@ -212,3 +244,45 @@ def test_destination_without_matching_gpu_is_refused(g):
     assert p.returncode == 1
     assert "NVIDIA Imaginary 9000" in g.grit.log_error(b2)
     assert g.grit.state("m2") is None
+
+
+def test_restore_onto_another_gpu_by_uuid_remap(g):
+    """Checkpointed on GPU 0, restored into a container that has only GPU 1: runc-grit maps
+    the source GPU's UUID onto the destination's (cuCheckpointProcessRestore GPU pairs)."""
+    import json
+    from runc_grit import gpu
+    inv = gpu.inventory()
+    if not inv or len(inv["devices"]) < 2:
+        pytest.skip("needs 2 GPUs (nvidia-h200-x2)")
+    d0, d1 = sorted(inv["devices"], key=lambda d: d["index"])[:2]
+    log = os.path.join(g.logs, "r.log")
+    env = {"APP_MIB": "1024"}
+    b = start(g, "r0", "r0", "r.log", env=env, devices=[d0["minor"]])
+    wait_steps(log, 10)
+    pid0 = g.grit.state("r0")["pid"]
+    assert [u for u, _ in gpu.inventory()["apps"][pid0]] == [d0["uuid"]]
+    img = os.path.join(g.ckroot, "r")
+    p, dt = ckpt(g, b, "r0", img)
+    assert p.returncode == 0, g.grit.log_error(b)
+    man = json.load(open(os.path.join(img, "grit-manifest.json")))
+    assert [d["uuid"] for d in man["gpu"]["devices"]] == [d0["uuid"]]
+    s = max(read_steps(log))
+    g.grit.run(b, "delete", "r0")
+    b1 = start(g, "r1", "r1", "r.log", {"grit.dev/restore-from": img}, env=env,
+               devices=[d1["minor"]])
+    try:
+        wait_steps(log, s + 10, timeout=60)
+    except AssertionError:
+        diagnose(g, "r1")
+        raise
+    pid1 = g.grit.state("r1")["pid"]
+    rec = json.load(open(os.path.join(g.state_dir, "r1", "cuda-restore.json")))
+    print("remap: %s -> %s; device_pairs %s" % (d0["uuid"], d1["uuid"], rec["device_pairs"]))
+    assert [tuple(x) for x in rec["device_pairs"]] == [(d0["uuid"], d1["uuid"])]
+    assert helper().state(pid1) == "running"
+    assert [u for u, _ in gpu.inventory()["apps"][pid1]] == [d1["uuid"]]
+    g.grit.run(b1, "delete", "--force", "r1")
+    seen = read_steps(log)
+    ref = reference(log, max(seen), env)
+    assert all(seen[n][0] == ref[n][0] for n in seen)
+    print("remapped run: %d steps bit-identical" % len(seen))

@@ -78,6 +78,7 @@ def test_lock_checkpoint_before_freeze_restore_unlock_after_resume(gpuenv):
     assert [c["action"] for c in dump_calls] == ["lock", "lock", "checkpoint", "checkpoint"]
     hooks = [json.loads(ln) for ln in open(os.path.join(e.state_dir, "src", "hooks.jsonl"))]
     assert [h["action"] for h in hooks] == ["pre-dump", "pre-dump"]  # runc runs it twice
+    assert [h.get("repeat", False) for h in hooks] == [False, True]  # the 2nd skips Python
     man = json.load(open(os.path.join(image, "grit-manifest.json")))
     assert sorted(p["pid"] for p in man["gpu"]["processes"]) == sorted(src_cuda)
     assert "cuda_checkpoint_s" in man["timings"]
@@ -137,3 +138,26 @@ def test_leave_running_resumes_cuda(gpuenv):
     for pid in cuda_pids(e, "lr2"):
         assert fake_state(pid) == "running"
     assert out2.ints()[0] > 1
+
+
+def test_failed_cuda_restore_fails_the_create_and_leaves_nothing(gpuenv):
+    """CRIU ignores a failing post-resume script; runc-grit does not: the tasks would run
+    with their CUDA state still checkpointed (hung at their next CUDA call)."""
+    e = gpuenv
+    b, out = start(e, "cr", "cr")
+    image = os.path.join(e.ckroot, "cr")
+    checkpoint(e, b, "cr", image)
+    e.grit.run(b, "delete", "cr")
+    open(os.path.join(e.fake_dir, "fail-restore"), "w").close()
+    b2 = e.bundle("cr2", args=["sh", "-c", WORKLOAD], annotations={"grit.dev/restore-from": image},
+                  rootfs_from=os.path.join(b, "rootfs"))
+    p, _ = e.grit.create_with_pipes(b2, "cr2")
+    assert p.returncode != 0
+    err = e.grit.log_error(b2)
+    assert "CUDA state not resumed" in err and "injected failure of restore" in err, err
+    assert e.grit.state("cr2") is None
+    assert not os.path.exists(os.path.join(e.state_dir, "cr2"))
+    # the image is intact: once the helper works, the same image restores
+    os.unlink(os.path.join(e.fake_dir, "fail-restore"))
+    b3, out3 = start(e, "cr3", "cr3", {"grit.dev/restore-from": image}, os.path.join(b, "rootfs"))
+    assert_continues(out.ints(), out3.ints())

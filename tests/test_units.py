@@ -140,6 +140,20 @@ def test_criu_config_not_inheriting_itself(tmp_path):
     assert own.read_text().count("action-script") == 1
 
 
+@pytest.mark.parametrize("mode,want", [("ignore", ["manage-cgroups=ignore"]),
+                                       ("soft", ["manage-cgroups=soft"]), ("runtime", [])])
+def test_criu_config_restore_block_and_its_removal(tmp_path, mode, want):
+    own = tmp_path / "own.conf"
+    criuconf.write(str(own), "c1", "/hooks/grit-hook", ["link-remap"], None,
+                   criuconf.restore_options(mode))
+    lines = own.read_text().splitlines()
+    for w in want:
+        assert lines[-1] == w and criuconf.RESTORE_MARK in lines
+    criuconf.drop_restore_lines(str(own))
+    after = own.read_text().splitlines()
+    assert not any("manage-cgroups" in ln for ln in after) and criuconf.RESTORE_MARK not in after
+    assert "link-remap" in after and "action-script /hooks/grit-hook" in after
+
 # --- restore sources ----------------------------------------------------------------------
 
 class Conf:
@@ -310,3 +324,38 @@ def test_exit_codes():
     assert exit_code(GritError("x", kind="runtime", exit_code=7)) == 7
     assert exit_code(GritError("x", kind="not-found")) == 127
     assert exit_code(ValueError()) == 1
+
+
+# --- version cache --------------------------------------------------------------------------
+
+def test_version_cache_runs_the_binary_once_per_build(tmp_path):
+    from runc_grit import procs
+    calls = tmp_path / "calls"
+    tool = tmp_path / "tool"
+    tool.write_text("#!/bin/sh\necho x >> %s\necho 'tool version 1.2.3'\n" % calls)
+    tool.chmod(0o755)
+    cache = tmp_path / "cache"
+    assert procs.version_of(str(tool), cache_dir=str(cache)) == "1.2.3"
+    assert procs.version_of(str(tool), cache_dir=str(cache)) == "1.2.3"
+    assert calls.read_text().count("x") == 1
+    # a new build of the binary (size and mtime change) is asked again
+    tool.write_text("#!/bin/sh\necho x >> %s\necho 'tool version 1.2.40'\n" % calls)
+    assert procs.version_of(str(tool), cache_dir=str(cache)) == "1.2.40"
+    assert calls.read_text().count("x") == 2
+
+
+# --- GPU device nodes after a remap ---------------------------------------------------------
+
+def test_gpu_node_script_makes_dev_match_the_spec():
+    from runc_grit.gpu import gpu_node_script
+    spec_devices = [
+        {"path": "/dev/nvidia1", "type": "c", "major": 195, "minor": 1, "fileMode": 0o666,
+         "uid": 0, "gid": 0},
+        {"path": "/dev/nvidiactl", "type": "c", "major": 195, "minor": 255},
+        {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229},
+    ]
+    present = {"/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm"}
+    cmds = gpu_node_script(spec_devices, present)
+    assert cmds == ["mknod -m 666 /dev/nvidia1 c 195 1 && chown 0:0 /dev/nvidia1",
+                    "rm -f /dev/nvidia0"]
+    assert gpu_node_script(spec_devices, {"/dev/nvidia1", "/dev/nvidiactl"}) == []

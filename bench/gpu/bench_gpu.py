@@ -98,6 +98,10 @@ def grit(size_gib, work):
     r["restore"] = time.monotonic() - t
     assert p.returncode == 0, e.grit.log_error(b2)
     e.grit.run(b2, "start", "dst")
+    st_dir = os.path.join(e.state_dir, "dst")
+    r["restore_timings"] = dict(json.load(open(os.path.join(st_dir, "cuda-restore.json")))["timings"],
+                                runtime_restore_s=json.load(open(os.path.join(st_dir, "state.json")))
+                                .get("restore_seconds"))
     wait_steps(log, s + 2)
     e.grit.run(b2, "delete", "--force", "dst")
     e.cleanup()

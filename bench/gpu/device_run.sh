@@ -1,6 +1,6 @@
 #!/bin/bash
 # Runs the GPU tests and the GPU bench on the device machine (H100, Ubuntu, no network).
-# What it needs is carried in .carry/: CRIU 4.1 with its libraries (from Debian 13),
+# What it needs is carried in .carry/ (build it with bench/gpu/make_carry.sh): CRIU 4.1 with its libraries (from Debian 13),
 # Debian's runc deb, and wheels the image lacks (jsonschema and its deps).
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -19,7 +19,7 @@ criu --version; criu check; runc --version | head -1; nvidia-smi --query-gpu=nam
 python3 -m runc_grit doctor
 MODE=${1:-tests}
 if [ "$MODE" = tests ] || [ "$MODE" = all ]; then
-  python3 -m pytest -v -s -p no:cacheprovider tests/test_gpu_device.py 2>&1 | tee "$OUT/gpu-tests.log"
+  python3 -m pytest -v -s -p no:cacheprovider tests/test_gpu_device.py ${PYTEST_K:+-k "$PYTEST_K"} 2>&1 | tee "$OUT/gpu-tests.log"
 fi
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
   python3 bench/gpu/bench_gpu.py "$OUT/gpu-bench.md" ${BENCH_SIZES:-1 4 16} 2>&1 | tee "$OUT/gpu-bench.log"

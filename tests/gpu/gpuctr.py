@@ -37,7 +37,8 @@ def gpu_spec(args, env, logs, annotations=None, devices=None):
     return spec
 
 
-def make_gpu_bundle(path, logs, log_name, env, annotations=None):
+def make_gpu_bundle(path, logs, log_name, env, annotations=None, devices=None):
+    """devices: GPU indices (/dev/nvidiaN) the container gets; None: all."""
     os.makedirs(os.path.join(path, "rootfs"), exist_ok=True)
     r = os.path.join(path, "rootfs")
     for d in ("usr", "opt", "etc", "proc", "dev", "sys", "tmp", "app", "logs", "run"):
@@ -45,7 +46,8 @@ def make_gpu_bundle(path, logs, log_name, env, annotations=None):
     for d in ("lib", "lib64", "bin", "sbin"):
         if os.path.islink("/" + d) and not os.path.lexists(os.path.join(r, d)):
             os.symlink(os.readlink("/" + d), os.path.join(r, d))
-    spec = gpu_spec(["python3", "/app/app.py", "/logs/" + log_name], env, logs, annotations)
+    spec = gpu_spec(["python3", "/app/app.py", "/logs/" + log_name], env, logs, annotations,
+                    devices)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(spec, f, indent=1)
     return path
