@@ -21,13 +21,16 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
 
-def timed(argv, n, env=None):
-    out = []
+def timed_together(cases, n):
+    """Median ms of each (argv, env) case; the cases take turns, so drift in the machine's
+    load hits them all alike."""
+    out = [[] for _ in cases]
     for _ in range(n):
-        t = time.perf_counter()
-        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        out.append(time.perf_counter() - t)
-    return statistics.median(out) * 1000
+        for i, (argv, env) in enumerate(cases):
+            t = time.perf_counter()
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            out[i].append(time.perf_counter() - t)
+    return [statistics.median(x) * 1000 for x in out]
 
 
 def main():
@@ -44,15 +47,22 @@ def main():
         env = dict(os.environ, RUNC_GRIT_CONFIG=os.path.join(work, "absent.yaml"))
         for _ in range(3):  # warm the page cache
             subprocess.run([grit, "--root", root, "state", "bench"], stdout=subprocess.DEVNULL, env=env)
-        direct = timed(["runc", "--root", root, "state", "bench"], n)
-        via = timed([grit, "--root", root, "state", "bench"], n, env)
-        bare = timed([sys.executable, "-c", "pass"], n)
-        bare_s = timed([sys.executable, "-S", "-c", "pass"], n)
+        env_true = dict(env, RUNC_GRIT_RUNTIME="/bin/true")
+        direct, via, bare, bare_s, to_true, true = timed_together([
+            (["runc", "--root", root, "state", "bench"], None),
+            ([grit, "--root", root, "state", "bench"], env),
+            ([sys.executable, "-c", "pass"], None),
+            ([sys.executable, "-S", "-c", "pass"], None),
+            ([grit, "--root", root, "state", "bench"], env_true),
+            (["/bin/true"], None)], n)
         rows = [("runc state (direct)", direct), ("runc-grit state", via),
                 ("added by runc-grit", via - direct), ("python3 -c pass", bare),
                 ("python3 -S -c pass", bare_s),
-                ("runc-grit's own logic (added - python3 -S start)", via - direct - bare_s)]
-        text = "median of %d runs, %s\n\n| what | ms |\n|---|---|\n" % (n, os.uname().release)
+                ("runc-grit's own logic (added - python3 -S start)", via - direct - bare_s),
+                ("runc-grit exec'ing /bin/true", to_true), ("/bin/true", true),
+                ("runc-grit's own logic, measured on /bin/true (that - python3 -S start - /bin/true)",
+                 to_true - bare_s - true)]
+        text = "median of %d runs (the commands taking turns), %s\n\n| what | ms |\n|---|---|\n" % (n, os.uname().release)
         text += "".join("| %s | %.2f |\n" % r for r in rows)
         print(text)
         if out_file:

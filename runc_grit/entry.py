@@ -1,10 +1,11 @@
 """The runc-grit binary: decide, then exec the delegate runtime or handle the command.
 
-The pass-through path imports only os, sys and two small modules of ours (argv, fastconf).
+The pass-through path imports only sys, posix (both built in) and two small modules of ours
+(argv, fastconf); not even os, whose import is most of a site-less interpreter's extra work.
 Commands that runc-grit intercepts (create, run, restore, checkpoint; start and delete of a
 container it holds state for) and its own operator commands load the heavier modules lazily.
 """
-import os
+import posix
 import sys
 
 from runc_grit import argv as _argv
@@ -19,23 +20,16 @@ def _valid_id(cid):
     return bool(cid) and "/" not in cid and cid not in (".", "..") and "\0" not in cid
 
 
-def _self_path():
-    try:
-        return os.path.realpath(sys.argv[0])
-    except (OSError, ValueError):
-        return None
-
-
 def _runtime(conf):
-    rt = os.environ.get("RUNC_GRIT_RUNTIME") or conf["runtime"]
-    return fastconf.which(rt, skip=_self_path()) or rt
+    rt = fastconf.getenv("RUNC_GRIT_RUNTIME") or conf["runtime"]
+    return fastconf.which(rt, skip=sys.argv[0] if sys.argv else None) or rt
 
 
 def passthrough(args, conf):
     """exec the delegate runtime with argv unchanged. Does not return on success."""
     runtime = _runtime(conf)
     try:
-        os.execv(runtime, [runtime] + list(args))
+        posix.execv(runtime, [runtime] + list(args))
     except OSError as e:
         from runc_grit.runclog import Logger
         try:
@@ -67,7 +61,7 @@ def main(argv=None):
         from runc_grit.config import load
         conf = load().as_dict()
     if cmd in ("start", "delete") and len(inv.args) == 1 and _valid_id(inv.args[0]):
-        if os.path.isdir(os.path.join(conf["state_dir"], inv.args[0])):
+        if fastconf.is_dir(conf["state_dir"].rstrip("/") + "/" + inv.args[0]):
             from runc_grit.lifecycle import dispatch
             return dispatch(inv, args)
     return passthrough(args, conf)

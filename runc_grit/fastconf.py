@@ -4,8 +4,11 @@ Only two top-level scalar keys are read here: ``runtime`` and ``state_dir``. A l
 reader cannot be sure of (flow or block syntax, anchors, escapes) makes it return None, and
 the caller falls back to the full loader (runc_grit.config). Validation always happens in the
 full loader, which every intercepted command uses.
+
+The pass-through path uses only ``posix`` (built in), not ``os``: without ``site``, importing
+os (posixpath, stat, abc, ...) would be most of runc-grit's own start-up time.
 """
-import os
+import posix
 
 DEFAULT_PATH = "/etc/runc-grit/config.yaml"
 DEFAULTS = {"runtime": "runc", "state_dir": "/run/runc-grit"}
@@ -13,8 +16,13 @@ _KEYS = ("runtime", "state_dir")
 _UNSURE = tuple("[{&*!|>%@`\"'")
 
 
+def getenv(name, default=None):
+    v = posix.environ.get(name.encode())
+    return v.decode("utf-8", "surrogateescape") if v is not None else default
+
+
 def config_path():
-    return os.environ.get("RUNC_GRIT_CONFIG") or DEFAULT_PATH
+    return getenv("RUNC_GRIT_CONFIG") or DEFAULT_PATH
 
 
 def _scalar(raw):
@@ -59,14 +67,30 @@ def read(path=None):
     return out
 
 
+def _stat(path):
+    try:
+        return posix.stat(path)
+    except (OSError, ValueError):
+        return None
+
+
+def is_dir(path):
+    st = _stat(path)
+    return st is not None and (st.st_mode & 0o170000) == 0o040000
+
+
 def which(name, skip=None):
-    """Find an executable like a shell would; ``skip`` is a realpath to step over (ourselves)."""
+    """Find an executable like a shell would. ``skip``: a path whose file (after symlinks)
+    is stepped over: runc-grit itself, when it is installed under the runtime's name."""
     if "/" in name:
-        return name if os.access(name, os.X_OK) else None
-    for d in os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").split(":"):
-        cand = os.path.join(d or ".", name)
-        if os.path.isfile(cand) and os.access(cand, os.X_OK):
-            if skip and os.path.realpath(cand) == skip:
-                continue
-            return cand
+        return name if posix.access(name, 1) else None
+    skip_st = _stat(skip) if skip else None
+    for d in getenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").split(":"):
+        cand = (d or ".").rstrip("/") + "/" + name
+        st = _stat(cand)
+        if st is None or (st.st_mode & 0o170000) != 0o100000 or not posix.access(cand, 1):
+            continue
+        if skip_st is not None and (st.st_dev, st.st_ino) == (skip_st.st_dev, skip_st.st_ino):
+            continue
+        return cand
     return None

@@ -10,7 +10,7 @@ from runc_grit.errors import GritError
 class Runtime:
     def __init__(self, name, globals_=()):
         self.name = name
-        me = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else None
+        me = sys.argv[0] if sys.argv and sys.argv[0] else None
         self.path = fastconf.which(os.environ.get("RUNC_GRIT_RUNTIME") or name, skip=me)
         if self.path is None:
             raise GritError("runtime %r not found on PATH" % name, kind="not-found")

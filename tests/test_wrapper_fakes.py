@@ -79,18 +79,24 @@ def test_passthrough_keeps_exit_code_and_stdio(fenv):
 
 
 def test_passthrough_imports_nothing_heavy():
+    """Run like the launcher (python -S): the pass-through loads neither click/yaml/jsonschema
+    nor even os; it execs through posix."""
     code = (
-        "import os, sys\n"
-        "os.execv = lambda path, argv: (print(sorted({m.split('.')[0] for m in sys.modules}"
-        " & {'click','yaml','jsonschema','json','subprocess','runc_grit.config'})),"
-        " print(sorted(m for m in sys.modules if m.startswith('runc_grit'))), sys.exit(0))\n"
+        "import posix, sys\n"
+        "posix.execv = lambda path, argv: (print(sorted({m.split('.')[0] for m in sys.modules}"
+        " & {'os','click','yaml','jsonschema','json','subprocess','runc_grit.config'})),"
+        " print(sorted(m for m in sys.modules if m.startswith('runc_grit'))), print(argv),"
+        " sys.exit(0))\n"
+        "sys.path.insert(0, %r)\n"
         "from runc_grit.entry import main\n"
-        "main(['--root', '/r', 'state', 'c1'])\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, env=dict(
-        os.environ, PYTHONPATH=REPO, RUNC_GRIT_CONFIG="/nonexistent/config.yaml"), timeout=30)
+        "main(['--root', '/r', 'state', 'c1'])\n" % REPO)
+    p = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, env=dict(
+        os.environ, RUNC_GRIT_CONFIG="/nonexistent/config.yaml", RUNC_GRIT_RUNTIME="/bin/true"),
+        timeout=30)
     out = p.stdout.decode().splitlines()
-    assert out[0] == "[]", p.stdout
+    assert out[0] == "[]", p.stdout + p.stderr
     assert out[1] == "['runc_grit', 'runc_grit.argv', 'runc_grit.entry', 'runc_grit.fastconf']"
+    assert out[2] == "['/bin/true', '--root', '/r', 'state', 'c1']"
 
 
 def test_create_injects_criu_config_then_execs_runtime(fenv):
