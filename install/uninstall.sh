@@ -1,0 +1,40 @@
+#!/bin/bash
+# Undoes install/install.sh: takes runc-grit's block out of the containerd config (edits made
+# to the rest of the file since stay), puts back the k3s template it found, removes the /usr/local/bin/runc-grit link, the config.yaml it wrote
+# (if unchanged since) and the venv it made. Checkpoints under /var/lib/runc-grit stay.
+#   install/uninstall.sh [--destdir DIR] [--restart-containerd]
+set -euo pipefail
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+DESTDIR= RESTART=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --destdir) DESTDIR=$2; shift 2 ;;
+    --restart-containerd) RESTART=1; shift ;;
+    *) echo "uninstall.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+REC=$DESTDIR/var/lib/runc-grit/install
+BIN=/usr/local/bin/runc-grit
+say() { echo "runc-grit uninstall: $*"; }
+[ -d "$REC" ] || { say "nothing installed here ($REC missing)"; exit 0; }
+
+python3 "$SRC/install/containerd_merge.py" remove "$DESTDIR/etc/containerd/config.toml" "$REC"
+TMPL=$DESTDIR/var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl
+if [ -e "$REC/k3s-tmpl.orig" ]; then cp -a "$REC/k3s-tmpl.orig" "$TMPL"; rm "$REC/k3s-tmpl.orig"
+elif [ -e "$REC/k3s-tmpl-written" ]; then rm -f "$TMPL"; fi
+rm -f "$REC/k3s-tmpl-written"
+if [ -L "$DESTDIR$BIN" ]; then rm -f "$DESTDIR$BIN"; fi
+if [ -e "$REC/bin.orig" ]; then cp -a "$REC/bin.orig" "$DESTDIR$BIN"; rm "$REC/bin.orig"; fi
+CONF=$DESTDIR/etc/runc-grit/config.yaml
+if [ -e "$REC/config.yaml.written" ]; then
+  if cmp -s "$REC/config.yaml.written" "$CONF"; then rm -f "$CONF"; rmdir "$(dirname "$CONF")" 2>/dev/null || true
+  else say "kept /etc/runc-grit/config.yaml (edited since install)"; fi
+  rm "$REC/config.yaml.written"
+fi
+if [ -e "$REC/venv-created" ]; then
+  rm -rf "$DESTDIR$(cat "$REC/venv-created")"; rm "$REC/venv-created"
+  rmdir "$DESTDIR/opt/runc-grit" 2>/dev/null || true
+fi
+rmdir "$REC" 2>/dev/null || true
+[ "$RESTART" = 1 ] && systemctl restart containerd && say "containerd restarted"
+say "done"
