@@ -26,7 +26,7 @@ def _blob(layout, data, media_type):
     return {"mediaType": media_type, "digest": digest, "size": len(data)}
 
 
-def build_image_archive(path, name=IMAGE):
+def build_image_archive(path, name=IMAGE, cmd=("sh",)):
     """An OCI image archive (oci-layout + index.json) with one layer: a busybox rootfs."""
     from runc_grit.bundle import make_rootfs
     work = path + ".d"
@@ -46,7 +46,7 @@ def build_image_archive(path, name=IMAGE):
                   "application/vnd.oci.image.layer.v1.tar+gzip")
     config = _blob(layout, json.dumps({
         "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"], "WorkingDir": "/"},
+        "config": {"Cmd": list(cmd), "Env": ["PATH=/bin"], "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode(),
         "application/vnd.oci.image.config.v1+json")
     manifest = _blob(layout, json.dumps({
@@ -77,10 +77,10 @@ def grit_wrapper(path, env_path=None):
 class Containerd:
     """containerd --config <private config>; ctr against its socket, in its own namespace."""
 
-    def __init__(self, d, env, extra_toml="", disabled=("io.containerd.grpc.v1.cri",)):
+    def __init__(self, d, env, extra_toml="", disabled=("io.containerd.grpc.v1.cri",), ns=None):
         self.dir = d
         self.sock = os.path.join(d, "c.sock")
-        self.ns = "grit-" + uuid.uuid4().hex[:8]
+        self.ns = ns or "grit-" + uuid.uuid4().hex[:8]
         self.config = os.path.join(d, "containerd.toml")
         dis = ", ".join('"%s"' % p for p in disabled)
         with open(self.config, "w") as f:

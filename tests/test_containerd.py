@@ -167,6 +167,13 @@ def test_runtimeclass_names_the_handler():
     with open(os.path.join(CONF_DIR, "runtimeclass.yaml")) as f:
         rc = yaml.safe_load(f)
     assert (rc["kind"], rc["metadata"]["name"], rc["handler"]) == ("RuntimeClass", "grit", "grit")
+    with open(os.path.join(REPO, "install", "daemonset.yaml")) as f:
+        ds = yaml.safe_load(f)
+    args = ds["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert ds["kind"] == "DaemonSet" and "install/install.sh" in args
+    for name in ("pod-restore.yaml", "pod-source.yaml"):
+        with open(os.path.join(CONF_DIR, "examples", name)) as f:
+            assert yaml.safe_load(f)["spec"]["runtimeClassName"] == "grit"
 
 
 # --- 1. a real containerd, runc-grit as the runc-v2 binary, driven by ctr ----------------------
@@ -248,3 +255,108 @@ def test_ctr_refused_restore_shows_runc_grit_reason(ctrd, workdir, tmp_path):
     err = p.stderr.decode()
     assert "outside the checkpoint roots" in err, err
     assert "bad" not in c.tasks()
+
+
+# --- 2. the path kubelet takes: containerd's CRI plugin, runtime handler "grit" ----------------
+
+PAUSE = "docker.io/library/grit-pause:test"
+
+
+def cri_lines(path):
+    """Numbers from a CRI log file ("<time> stdout F <line>")."""
+    out = []
+    try:
+        with open(path) as f:
+            for ln in f:
+                parts = ln.rstrip("\n").split(" ", 3)
+                if len(parts) == 4 and parts[3].isdigit():
+                    out.append(int(parts[3]))
+    except OSError:
+        pass
+    return out
+
+
+@pytest.fixture
+def cri(workdir):
+    if not shutil.which("containerd"):
+        pytest.skip("containerd not installed")
+    pytest.importorskip("grpc")
+    pytest.importorskip("grpc_tools")
+    from cri_client import CRI
+    e = Env(workdir)
+    d = os.path.join(workdir, "ctd")
+    os.makedirs(d)
+    wrapper = grit_wrapper(os.path.join(workdir, "runc-grit"))
+    cri_toml = f"""
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  # root here lacks CAP_SYS_RESOURCE: the sandbox's oom_score_adj -998 would fail runc init
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni-bin"
+    conf_dir = "{d}/cni-conf"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.grit]
+    runtime_type = "io.containerd.runc.v2"
+    pod_annotations = ["grit.dev/*", "kybernate.io/*"]
+    container_annotations = ["grit.dev/*", "kybernate.io/*"]
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.grit.options]
+    BinaryName = "{wrapper}"
+"""
+    c = Containerd(d, e.env, extra_toml=cri_toml, disabled=(), ns="k8s.io")
+    for name, cmd in ((IMAGE, ("sh",)), (PAUSE, ("sleep", "2147483647"))):
+        arch = build_image_archive(os.path.join(workdir, name.split("/")[-1] + ".tar"), name, cmd)
+        p = c.ctr("images", "import", arch)
+        assert p.returncode == 0, p.stderr
+    client = CRI(c.sock)
+    client.version()
+    client.ctrd, client.grit, client.pods = c, e, []
+    yield client
+    for pod in client.pods:
+        try:
+            client.remove_pod(pod)
+        except Exception:  # noqa: BLE001 - best effort, containerd stops next
+            pass
+    c.stop()
+
+
+def test_cri_pod_restores_from_grit_checkpoint_annotation(cri, workdir):
+    """kubelet's calls, runtime handler grit: a pod's container is checkpointed into GRIT's
+    layout, and a new pod annotated grit.dev/checkpoint restores it; its sandbox is not."""
+    logs1, logs2 = os.path.join(workdir, "pod1"), os.path.join(workdir, "pod2")
+    os.makedirs(logs1)
+    os.makedirs(logs2)
+    cfg1 = cri.sandbox_config("src", logs1)
+    pod1 = cri.run_pod(cfg1, "grit")
+    cri.pods.append(pod1)
+    c1 = cri.create_container(pod1, cfg1, "counter", IMAGE, ["sh", "-c", COUNTER], "counter.log")
+    cri.start(c1)
+    assert wait(lambda: len(cri_lines(os.path.join(logs1, "counter.log"))) >= 5)
+    # GRIT's layout: <dir>/<container name>/checkpoint
+    ck = os.path.join(cri.grit.ckroot, "train-1")
+    img = os.path.join(ck, "counter", "checkpoint")
+    p = cri.ctrd.ctr("task", "checkpoint", "--exit", "--image-path", img, "--work-path",
+                     img + "-w", c1)
+    assert p.returncode == 0, p.stderr
+    assert wait(lambda: cri.state_name(c1) == "CONTAINER_EXITED")
+    before = cri_lines(os.path.join(logs1, "counter.log"))
+    cfg2 = cri.sandbox_config("dst", logs2, {"grit.dev/checkpoint": ck})
+    pod2 = cri.run_pod(cfg2, "grit")
+    cri.pods.append(pod2)
+    c2 = cri.create_container(pod2, cfg2, "counter", IMAGE, ["sh", "-c", COUNTER], "counter.log")
+    cri.start(c2)
+    assert wait(lambda: len(cri_lines(os.path.join(logs2, "counter.log"))) >= 3)
+    after = cri_lines(os.path.join(logs2, "counter.log"))
+    assert after[0] == before[-1] + 1, (before[-3:], after[:3])
+    assert cri.state_name(c2) == "CONTAINER_RUNNING"
+    # runc-grit's records: the container was restored from GRIT's layout, the sandbox was not
+    st = json.load(open(os.path.join(cri.grit.state_dir, c2, "state.json")))
+    assert st["restored_from"] == os.path.realpath(img)
+    sb = json.load(open(os.path.join(cri.grit.state_dir, pod2, "state.json")))
+    assert sb["restored_from"] is None
