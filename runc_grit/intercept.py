@@ -102,6 +102,9 @@ def _criu_error(work_dir, names):
                 lines = f.read()[-200000:].decode("utf-8", "replace").splitlines()
         except OSError:
             continue
+        if not any("FAILED" in ln for ln in lines[-50:]):
+            # CRIU did not reach its own failure report: it was killed
+            return "%s ends without a result (CRIU was killed?)" % name
         errs = [ln.split("):", 1)[-1].strip() for ln in lines if "Error (" in ln]
         # the last error is the one that stopped CRIU; earlier ones are often harmless
         if errs:
@@ -138,11 +141,15 @@ def do_create(inv, args, conf, log):
 
 
 def _fresh(log, rt, st, bundle, args, why):
+    """Policy 'fresh': the create the caller asked for, from scratch. Run as a child (not
+    exec'd) so that a create that fails too leaves no state behind."""
     log.warning("%s; policy 'fresh': creating the container from scratch" % why)
     st.write({"id": st.id, "bundle": bundle, "created": time.time(), "restored_from": None,
               "fresh_because": why})
-    st.unlock()
-    _exec(rt, args)
+    rc, _ = procs.run([rt.path] + list(args))
+    if rc != 0 and rt.state(st.id) is None:
+        st.remove()
+    return rc
 
 
 def _restore_on_create(inv, args, conf, log, rt, st, bundle, req):
@@ -152,7 +159,8 @@ def _restore_on_create(inv, args, conf, log, rt, st, bundle, req):
         pairs = gpu.check_destination(m, conf, bundle)
     except GritError as e:
         if req.policy == "fresh":
-            _fresh(log, rt, st, bundle, args, "restore from %s refused: %s" % (req.path, e.message))
+            return _fresh(log, rt, st, bundle, args,
+                          "restore from %s refused: %s" % (req.path, e.message))
         st.remove()
         raise
     work = st.path("criu-work")
@@ -170,7 +178,10 @@ def _restore_on_create(inv, args, conf, log, rt, st, bundle, req):
     if pairs is not None:
         import json
         extra["RUNC_GRIT_DEVICE_PAIRS"] = json.dumps(pairs)
-    rc, _ = procs.run([rt.path] + rargs, env=hook_env(conf, st, extra))
+    if detach:
+        procs.become_subreaper()
+    rc, _ = procs.run([rt.path] + rargs, env=hook_env(conf, st, extra),
+                      guard=rt.guard_job("restore", st) if detach else None)
     elapsed = time.monotonic() - t0
     ok = rc == 0 and (not detach or rt.state(cid) is not None)
     reason = None
@@ -187,8 +198,11 @@ def _restore_on_create(inv, args, conf, log, rt, st, bundle, req):
         return 0 if detach else rc
     reason = reason or _failure_reason(inv, work, rc)
     rt.force_delete(cid)
+    if detach:
+        procs.kill_adopted()  # tasks a killed or failed CRIU left behind
     if req.policy == "fresh":
-        _fresh(log, rt, st, bundle, args, "restore from %s failed: %s" % (image_dir, reason))
+        return _fresh(log, rt, st, bundle, args,
+                      "restore from %s failed: %s" % (image_dir, reason))
     st.remove()
     raise GritError("restore from %s failed: %s" % (image_dir, reason), kind="restore")
 
@@ -253,14 +267,23 @@ def do_checkpoint(inv, args, conf, log):
             os.makedirs(image_dir, mode=0o700, exist_ok=True)
             manifest.remove(image_dir)
         except OSError as e:
-            raise GritError("checkpoint of %s: image dir %s: %s" % (cid, image_dir, e.strerror),
+            raise GritError("checkpoint of %s: image dir %s: %s; the container was not "
+                            "checkpointed and keeps running" % (cid, image_dir, e.strerror),
                             kind="checkpoint") from None
         gpu.reset_records(st)
         t0 = time.monotonic()
         rc, _ = procs.run([rt.path] + _with_criu(conf, args),
-                          env=hook_env(conf, st, {"RUNC_GRIT_IMAGE_DIR": image_dir}))
+                          env=hook_env(conf, st, {"RUNC_GRIT_IMAGE_DIR": image_dir}),
+                          guard=rt.guard_job("checkpoint", st,
+                                             was_paused=info.get("status") == "paused"))
         dump_s = time.monotonic() - t0
         resumed = []
+        if rc != 0 and info.get("status") != "paused":
+            after = rt.state(cid)
+            if after is not None and after.get("status") == "paused":
+                # CRIU died between freezing the cgroup and thawing it
+                procs.run(rt.argv(rt.quiet_globals() + ["resume", cid]), quiet=True, timeout=60)
+                log.warning("checkpoint of %s failed with the container frozen; resumed it" % cid)
         if rc != 0 or leave_running:
             # The source keeps computing: undo the CUDA checkpoint of every process the
             # action script locked or checkpointed.

@@ -33,12 +33,19 @@ def dispatch(inv, args):
 
 def start(st, rt, args, log):
     with st:
-        if st.take_restored_mark():
-            if rt.state(st.id) is None:
+        rec = st.read() or {}
+        marked = st.take_restored_mark()
+        # no mark, but restored: runc-grit died after the restore and before marking it
+        unmarked = (not marked and rec.get("restored_from") and not rec.get("started")
+                    and rec.get("phase") in ("restoring", "restored"))
+        if marked or unmarked:
+            info = rt.state(st.id)
+            if info is None:
                 raise GritError("container %s: restored process is gone" % st.id, kind="restore")
-            st.update(started=True)
-            log.debug("start %s: restored container already running" % st.id)
-            return 0
+            if marked or info.get("status") == "running":
+                st.update(started=True)
+                log.debug("start %s: restored container already running" % st.id)
+                return 0
     os.execv(rt.path, [rt.path] + list(args))
 
 

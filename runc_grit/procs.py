@@ -10,7 +10,48 @@ import signal
 import subprocess
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 _libc = None
+
+
+def become_subreaper():
+    """Orphans below us (the tasks CRIU restores as runc's siblings, once runc exits) become
+    our children instead of init's, so a failed restore can be cleaned up: kill_adopted()."""
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        return _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def kill_adopted():
+    """SIGKILL and reap our children that live in another pid namespace (a container's
+    tasks we adopted as subreaper). Returns their pids."""
+    me, own_ns = os.getpid(), os.readlink("/proc/self/ns/pid")
+    killed = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        try:
+            with open("/proc/%d/stat" % pid, "rb") as f:
+                data = f.read()
+            if int(data[data.rfind(b")") + 2:].split()[1]) != me:
+                continue
+            if os.readlink("/proc/%d/ns/pid" % pid) == own_ns:
+                continue
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except (OSError, ValueError):
+            continue
+    for pid in killed:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+    return killed
 
 
 def _pdeathsig():
@@ -23,9 +64,42 @@ def _pdeathsig():
         pass
 
 
-def run(argv, env=None, quiet=False, capture=False, timeout=None):
-    """Run argv; return (returncode, stdout bytes or None)."""
+def _start_guard(job, env):
+    """runc_grit.guard beside us, on a pipe only we hold (see guard.py). Returns its fd."""
+    import json
+    import sys
+    r, w = os.pipe()
+    genv = dict(env if env is not None else os.environ)
+    genv["PYTHONPATH"] = genv.get("RUNC_GRIT_PYTHONPATH") or os.pathsep.join(
+        p for p in sys.path if p and os.path.isdir(p))
+    try:
+        subprocess.Popen([sys.executable, "-S", "-m", "runc_grit.guard", json.dumps(job)],
+                         stdin=r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=genv, close_fds=True, start_new_session=True)
+    except OSError:
+        os.close(w)
+        w = None
+    os.close(r)
+    return w
+
+
+def _tell(fd, text):
+    if fd is not None:
+        try:
+            os.write(fd, text.encode())
+        except OSError:
+            pass
+
+
+def run(argv, env=None, quiet=False, capture=False, timeout=None, guard=None):
+    """Run argv; return (returncode, stdout bytes or None).
+    guard: a job for runc_grit.guard (kind, cid, state_dir, runtime, globals): argv then runs
+    in a process group of its own, which the guard kills, and rolls back, if we die first."""
     kwargs = {"env": env, "preexec_fn": _pdeathsig, "close_fds": True}
+    guard_fd = None
+    if guard is not None:
+        guard_fd = _start_guard(guard, env)
+        kwargs["start_new_session"] = True
     if quiet or capture:
         kwargs["stdin"] = subprocess.DEVNULL
         kwargs["stdout"] = subprocess.PIPE if capture else subprocess.DEVNULL
@@ -33,7 +107,11 @@ def run(argv, env=None, quiet=False, capture=False, timeout=None):
     try:
         proc = subprocess.Popen(argv, **kwargs)
     except OSError as e:
+        _tell(guard_fd, "ok\n")
+        if guard_fd is not None:
+            os.close(guard_fd)
         return 127, (str(e).encode() if capture else None)
+    _tell(guard_fd, "pgid %d\n" % proc.pid)
     forwarded = {}
 
     def forward(signum, _frame):
@@ -56,6 +134,9 @@ def run(argv, env=None, quiet=False, capture=False, timeout=None):
     finally:
         for s, h in forwarded.items():
             signal.signal(s, h)
+        if guard_fd is not None:
+            _tell(guard_fd, "ok\n")
+            os.close(guard_fd)
     return proc.returncode, out
 
 

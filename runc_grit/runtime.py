@@ -35,6 +35,16 @@ class Runtime:
         except ValueError:
             return None
 
+    def quiet_globals(self):
+        return _drop_log(self.globals)
+
+    def guard_job(self, kind, st, **extra):
+        """What runc_grit.guard needs to roll back a `kind` (checkpoint|restore) of st."""
+        job = {"kind": kind, "cid": st.id, "state_dir": st.dir, "runtime": self.path,
+               "globals": _drop_log(self.globals)}
+        job.update(extra)
+        return job
+
     def force_delete(self, cid):
         rc, _ = procs.run(self.argv(_drop_log(self.globals) + ["delete", "--force", cid]),
                           quiet=True, timeout=60)

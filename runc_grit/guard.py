@@ -1,0 +1,129 @@
+"""A watchdog for runc-grit's own death during a checkpoint or a restore.
+
+runc-grit starts the runtime in a process group of its own (runc, CRIU, the action scripts)
+and this small process beside it, holding a pipe. When runc-grit finishes it writes "ok"; when
+it is killed, the pipe just closes, and the guard rolls back what was in flight:
+
+  checkpoint  CRIU outlives runc (runc dies with runc-grit, CRIU does not) and then holds the
+              container's tasks in a ptrace stop for good. The guard kills the group, which
+              releases them; thaws a container left frozen; restores and unlocks every CUDA
+              process the pre-dump hook had checkpointed. The source keeps running, no
+              manifest exists (it is written last), so the image dir is refused for restores.
+  restore     the half-restored container is removed: the group killed, `runtime delete
+              --force`, every process left in its cgroup killed, runc-grit's state removed.
+
+  python -m runc_grit.guard JOB_JSON   (stdin: the pipe, "pgid N" then "ok"; run by procs.run)
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def _group_gone(pgid, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def _runtime(job, *args):
+    return subprocess.run([job["runtime"]] + job["globals"] + list(args), capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=60)
+
+
+def _status(job):
+    p = _runtime(job, "state", job["cid"])
+    if p.returncode != 0:
+        return None, None
+    try:
+        st = json.loads(p.stdout)
+    except ValueError:
+        return None, None
+    return st.get("status"), st
+
+
+def _kill_cgroup(state_json):
+    """Kill every process left in the cgroups runc made for the container."""
+    for path in (state_json or {}).get("cgroup_paths", {}).values():
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                pids = [int(x) for x in f.read().split()]
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _runc_state_json(job):
+    root = None
+    g = job["globals"]
+    for i, tok in enumerate(g):
+        if tok == "--root" and i + 1 < len(g):
+            root = g[i + 1]
+        elif tok.startswith("--root="):
+            root = tok.split("=", 1)[1]
+    try:
+        with open(os.path.join(root or "/run/runc", job["cid"], "state.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def rollback(job):
+    from runc_grit.state import ContainerState
+    try:
+        os.killpg(job["pgid"], signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _group_gone(job["pgid"])
+    st = ContainerState(os.path.dirname(job["state_dir"]), os.path.basename(job["state_dir"]))
+    with st:
+        record = {"rolled_back": job["kind"], "t": time.time()}
+        if job["kind"] == "checkpoint":
+            status, _ = _status(job)
+            if status == "paused" and not job.get("was_paused"):
+                _runtime(job, "resume", job["cid"])
+                record["thawed"] = True
+            try:
+                from runc_grit import config as _config
+                from runc_grit import gpu
+                conf = _config.Config(json.loads(os.environ["RUNC_GRIT_HOOK_CONF"]))
+                record["cuda_resumed"] = gpu.epilogue(st, conf)
+            except Exception as e:  # noqa: BLE001 - recorded; nothing else can act now
+                record["cuda_error"] = str(e)
+            if st.read() is not None:
+                st.write(record, "rollback.json")
+            else:  # runc-grit held no state for this container before: leave none
+                st.remove()
+        else:
+            state_json = _runc_state_json(job)
+            _runtime(job, "delete", "--force", job["cid"])
+            _kill_cgroup(state_json)
+            st.remove()
+    return record
+
+
+def main(argv):
+    job = json.loads(argv[0])
+    lines = sys.stdin.buffer.read().decode("ascii", "replace").split()  # until EOF
+    if "ok" in lines or "pgid" not in lines:
+        return 0  # runc-grit finished, or died before it started the runtime
+    job["pgid"] = int(lines[lines.index("pgid") + 1])
+    rollback(job)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
