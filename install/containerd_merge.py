@@ -66,13 +66,17 @@ def add_block(text, block, version):
     return "%s\n%s\n%s%s\n" % (base, BEGIN, block, END)
 
 
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
 def add(config, dropin, record_dir):
     backup = os.path.join(record_dir, "containerd-config.toml.orig")
-    try:
-        with open(config) as f:
-            text = f.read()
-    except FileNotFoundError:
-        text = None
+    text = _read(config)
     if not os.path.exists(backup):
         write_if_changed(backup, ABSENT if text is None else text)
     with open(dropin) as f:
@@ -87,16 +91,7 @@ def add(config, dropin, record_dir):
 
 def remove(config, record_dir):
     backup = os.path.join(record_dir, "containerd-config.toml.orig")
-    try:
-        with open(config) as f:
-            text = f.read()
-    except FileNotFoundError:
-        text = None
-    try:
-        with open(backup) as f:
-            orig = f.read()
-    except FileNotFoundError:
-        orig = None
+    text, orig = _read(config), _read(backup)
     if text is not None:
         rest = remove_block(text)
         if orig == ABSENT and re.fullmatch(r"\s*version\s*=\s*\d+\s*", rest):

@@ -46,6 +46,20 @@ def slow_script(e, action):
     return path, mark
 
 
+def checkpointed_counter(e, name, token, rootfs_from=None):
+    """A counter (marked with token) started, checkpointed into ck/img and deleted.
+    Returns (bundle, its output, image dir)."""
+    b0 = e.bundle(name, args=counter_args(token), rootfs_from=rootfs_from)
+    p, out0 = e.grit.create_with_pipes(b0, name)
+    assert p.returncode == 0 and e.grit.run(b0, "start", name).returncode == 0
+    assert out0.wait_for(lambda r: len(r.ints()) >= 3)
+    img = os.path.join(e.ckroot, "img")
+    checkpoint(e, b0, name, img)
+    e.grit.run(b0, "delete", name)
+    assert token_procs(token) == []
+    return b0, out0, img
+
+
 def wait_file(path, timeout=30):
     end = time.time() + timeout
     while time.time() < end:
@@ -181,14 +195,8 @@ def test_restore_fault_fails_cleanly_or_starts_fresh(workdir, fault, policy):
     e = Env(workdir)
     token = "tok-" + uuid.uuid4().hex[:10]
     b, out = start_counter(e, "src", "src")
-    b0 = e.bundle("src2", args=counter_args(token), rootfs_from=os.path.join(b, "rootfs"))
-    p, out0 = e.grit.create_with_pipes(b0, "src2")
-    assert p.returncode == 0 and e.grit.run(b0, "start", "src2").returncode == 0
-    assert out0.wait_for(lambda r: len(r.ints()) >= 3)
+    checkpointed_counter(e, "src2", token, os.path.join(b, "rootfs"))
     img = os.path.join(e.ckroot, "img")
-    checkpoint(e, b0, "src2", img)
-    e.grit.run(b0, "delete", "src2")
-    assert token_procs(token) == []
     ann = {"grit.dev/restore-from": img, "grit.dev/restore-policy": policy}
     b1 = e.bundle("dst", args=counter_args(token), annotations=ann,
                   rootfs_from=os.path.join(b, "rootfs"))
@@ -255,13 +263,7 @@ def test_runc_grit_killed_during_restore_create(workdir):
     process of it is left."""
     e = Env(workdir)
     token = "tok-" + uuid.uuid4().hex[:10]
-    b0 = e.bundle("src", args=counter_args(token))
-    p, out0 = e.grit.create_with_pipes(b0, "src")
-    assert p.returncode == 0 and e.grit.run(b0, "start", "src").returncode == 0
-    assert out0.wait_for(lambda r: len(r.ints()) >= 3)
-    img = os.path.join(e.ckroot, "img")
-    checkpoint(e, b0, "src", img)
-    e.grit.run(b0, "delete", "src")
+    b0, out0, img = checkpointed_counter(e, "src", token)
     script, mark = slow_script(e, "post-restore")
     e.write_config({"checkpoint_roots": [e.ckroot], "state_dir": e.state_dir,
                     "criu_options": ["action-script " + script]})
