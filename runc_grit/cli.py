@@ -66,6 +66,24 @@ def config_show(path):
 
 
 @cli.command()
+@click.argument("image_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect(image_dir, as_json):
+    """What a checkpoint holds, and whether this node can restore it (exit 1 if not)."""
+    import json as _json
+    import os as _os
+
+    from runc_grit import config as _config
+    from runc_grit import fastconf, inspect_cmd, procs
+    conf = _config.load()
+    rt = fastconf.which(conf.runtime) or conf.runtime
+    criu = procs.version_of(fastconf.which(conf.criu) or conf.criu, cache_dir=conf.state_dir)
+    rep = inspect_cmd.inspect(image_dir, conf, _os.path.basename(rt), criu)
+    click.echo(_json.dumps(rep, indent=1) if as_json else inspect_cmd.render(rep))
+    return 1 if rep["problems"] else 0
+
+
+@cli.command()
 @click.option("--dry-run", is_flag=True)
 def gc(dry_run):
     """Remove state of containers the runtime no longer knows."""

@@ -17,6 +17,8 @@ DEFAULTS = {
     "hook_script": None,
     "verify": "size",
     "restore_cgroups": "ignore",
+    "signing_key": None,
+    "require_signature": False,
     "cuda": {
         "enabled": "auto",
         "helper": "builtin",

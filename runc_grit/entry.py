@@ -13,7 +13,7 @@ from runc_grit import fastconf
 
 INTERCEPTED = frozenset(("create", "run", "restore", "checkpoint"))
 # Operator commands: not runc's. `hook` is what the CRIU action script calls.
-OPERATOR = frozenset(("doctor", "demo", "cuda-checkpoint", "config", "hook", "gc"))
+OPERATOR = frozenset(("doctor", "demo", "cuda-checkpoint", "inspect", "config", "hook", "gc"))
 
 
 def _valid_id(cid):

@@ -156,6 +156,9 @@ def _restore_on_create(inv, args, conf, log, rt, st, bundle, req):
     cid = st.id
     try:
         image_dir, m = source.validate(req.path, conf)
+        from runc_grit import compat
+        compat.check(m, "restore source %s" % req.path, os.path.basename(rt.path),
+                     _criu_version(conf), _spec.annotations(_spec.load(bundle)))
         pairs = gpu.check_destination(m, conf, bundle)
     except GritError as e:
         if req.policy == "fresh":
@@ -298,7 +301,8 @@ def do_checkpoint(inv, args, conf, log):
         if pre_dump:
             return 0
         t1 = time.monotonic()
-        images = manifest.list_images(image_dir, digest=(conf.verify == "digest"))
+        images = manifest.list_images(image_dir,
+                                      digest=(conf.verify == "digest" or bool(conf.signing_key)))
         timings = {"checkpoint_s": dump_s}
         timings.update(gpu.hook_timings(st))
         timings["manifest_s"] = time.monotonic() - t1
@@ -309,6 +313,9 @@ def do_checkpoint(inv, args, conf, log):
             {"path": conf.criu, "version": _criu_version(conf)},
             images, timings, leave_running=leave_running, gpu=gpu.manifest_section(st),
         )
+        if conf.signing_key:
+            from runc_grit import integrity
+            integrity.sign(m, integrity.load_key(conf.signing_key))
         manifest.write(image_dir, m)
         log.debug("checkpoint of %s committed to %s (%d files, %.3fs)"
                   % (cid, image_dir, len(images), dump_s))

@@ -4,7 +4,6 @@ It is written last, atomically, only after the runtime's checkpoint succeeded. A
 refuses an image dir whose manifest is missing (unless accept_raw_criu) or invalid, or whose
 files do not match it.
 """
-import hashlib
 import json
 import os
 import platform
@@ -15,6 +14,7 @@ import jsonschema
 from runc_grit.config import load_schema
 from runc_grit.errors import GritError
 from runc_grit.fsutil import write_json_atomic
+from runc_grit.integrity import sha256_files
 
 NAME = "grit-manifest.json"
 # Files in an image dir that are not CRIU images and not listed in the manifest.
@@ -26,19 +26,8 @@ def now_rfc3339():
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % int((t % 1) * 1000)
 
 
-def sha256_file(path, bufsize=4 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(bufsize)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
 def list_images(image_dir, digest=False):
-    out = []
+    out, paths = [], []
     for name in sorted(os.listdir(image_dir)):
         if name in NOT_IMAGES or name.startswith("."):
             continue
@@ -46,10 +35,12 @@ def list_images(image_dir, digest=False):
         st = os.lstat(p)
         if not _is_regular(st):
             continue
-        item = {"name": name, "size": st.st_size}
-        if digest:
-            item["sha256"] = sha256_file(p)
-        out.append(item)
+        out.append({"name": name, "size": st.st_size})
+        paths.append(p)
+    if digest:
+        sums = sha256_files(paths)
+        for item, p in zip(out, paths):
+            item["sha256"] = sums[p]
     return out
 
 
@@ -136,6 +127,10 @@ def check_files(image_dir, m, digest=False):
         if st.st_size != item["size"]:
             raise GritError("restore source %s: image %s has %d bytes, the manifest says %d"
                             % (image_dir, item["name"], st.st_size, item["size"]), kind="source")
-        if digest and "sha256" in item and sha256_file(p) != item["sha256"]:
-            raise GritError("restore source %s: image %s does not match its sha256 in the manifest"
-                            % (image_dir, item["name"]), kind="source")
+    if digest:
+        listed = [i for i in m["images"] if "sha256" in i]
+        sums = sha256_files([os.path.join(image_dir, i["name"]) for i in listed])
+        for item in listed:
+            if sums[os.path.join(image_dir, item["name"])] != item["sha256"]:
+                raise GritError("restore source %s: image %s does not match its sha256 in the "
+                                "manifest" % (image_dir, item["name"]), kind="source")

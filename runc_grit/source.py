@@ -125,5 +125,8 @@ def validate(path, conf):
                             "(set accept_raw_criu to allow raw CRIU dirs)" % (path, _manifest.NAME),
                             kind="source")
     else:
-        _manifest.check_files(real, m, digest=(conf.verify == "digest"))
+        from runc_grit import integrity
+        signed = integrity.check_signature(m, conf, "restore source %s" % path)
+        _manifest.check_files(real, m, digest=(getattr(conf, "verify", "size") == "digest"
+                                               or signed))
     return real, m

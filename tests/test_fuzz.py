@@ -23,7 +23,7 @@ FLAGS = ["--root", "--log", "--log-format", "--debug", "--systemd-cgroup", "--cr
          "-no-subreaper", "--empty-ns", "--lazy-pages", "--help", "-h", "--version", "-v"]
 COMMANDS = ["create", "run", "start", "state", "kill", "delete", "list", "ps", "exec", "pause",
             "resume", "checkpoint", "restore", "events", "update", "spec", "features", "hook",
-            "config", "gc", "cuda-checkpoint"]
+            "config", "gc", "cuda-checkpoint", "inspect"]
 SAFE_TEXT = st.text(st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)),
                     max_size=12)
 TOKEN = st.one_of(st.sampled_from(FLAGS), st.sampled_from(COMMANDS), SAFE_TEXT,
