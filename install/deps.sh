@@ -16,7 +16,7 @@ log() { printf '[deps] %s\n' "$*" >&2; }
 
 need_apt=()
 for pair in runc:runc iptables-restore:iptables containerd:containerd busybox:busybox-static \
-            ip:iproute2 curl:curl; do
+            ip:iproute2 curl:curl zstd:zstd; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -77,6 +77,34 @@ W
     log "ERROR: CRIU at $BIN/criu does not report version >= 4.1"; exit 1
   fi
   log "criu $("$BIN/criu" --version | sed -n 's/^Version: *//p') installed at $BIN/criu"
+fi
+
+# checkpointctl (optional: `checkpointctl show` reads runc-grit's exported archives), also
+# from Debian 13 and run through the same loader as CRIU.
+if ! command -v checkpointctl >/dev/null 2>&1 && [ -x "$PREFIX/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" ]; then
+  if [ ! -x "$PREFIX/usr/bin/checkpointctl" ]; then
+    work=$(mktemp -d); chmod 755 "$work"
+    mkdir -p "$work/lists/partial" "$work/archives/partial" "$work/debs"
+    echo "deb $TRIXIE_MIRROR trixie main" > "$work/sources.list"
+    aopts=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
+           -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::archives=$work/archives"
+           -o APT::Architecture=amd64 -o Debug::NoLocking=1)
+    if apt-get "${aopts[@]}" update -qq 2>/dev/null && \
+       (cd "$work/debs" && apt-get "${aopts[@]}" download checkpointctl >/dev/null 2>&1); then
+      for d in "$work"/debs/*.deb; do dpkg -x "$d" "$PREFIX"; done
+    fi
+    rm -rf "$work"
+  fi
+  if [ -x "$PREFIX/usr/bin/checkpointctl" ]; then
+    L="$PREFIX/lib/x86_64-linux-gnu:$PREFIX/usr/lib/x86_64-linux-gnu"
+    printf '#!/bin/sh\nexec "%s" --library-path "%s" "%s" "$@"\n' \
+      "$PREFIX/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" "$L" "$PREFIX/usr/bin/checkpointctl" \
+      > "$BIN/checkpointctl"
+    chmod 0755 "$BIN/checkpointctl"
+    log "checkpointctl installed at $BIN/checkpointctl"
+  else
+    log "checkpointctl not available (optional)"
+  fi
 fi
 
 # CRIU locks the network of containers with their own netns through iptables-restore.

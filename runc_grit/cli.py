@@ -1,4 +1,5 @@
 """runc-grit's own (operator) commands: doctor, demo, cuda-checkpoint, config, gc, hook."""
+import os
 import sys
 
 import click
@@ -7,8 +8,12 @@ from runc_grit import __version__
 
 
 def operator_main(args):
+    from runc_grit.errors import GritError, exit_code
     try:
         return cli.main(args=list(args), prog_name="runc-grit", standalone_mode=False) or 0
+    except GritError as e:
+        click.echo("runc-grit: %s" % e.message, err=True)
+        return exit_code(e)
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:
@@ -81,6 +86,38 @@ def inspect(image_dir, as_json):
     rep = inspect_cmd.inspect(image_dir, conf, _os.path.basename(rt), criu)
     click.echo(_json.dumps(rep, indent=1) if as_json else inspect_cmd.render(rep))
     return 1 if rep["problems"] else 0
+
+
+@cli.command("export")
+@click.argument("image_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Archive to write (.tar.zst).")
+@click.option("--no-compress", is_flag=True, help="Plain tar instead of zstd.")
+def export_cmd(image_dir, output, no_compress):
+    """Pack a checkpoint into one archive (checkpointctl's layout) to move it to another node."""
+    from runc_grit import archive
+    from runc_grit import manifest as _manifest
+    m = _manifest.load(image_dir)
+    total = sum(i["size"] for i in (m or {}).get("images", []))
+    if sys.stdout.isatty() and total > 64 << 20:
+        with click.progressbar(length=total, label="export") as bar:
+            n = archive.export(image_dir, output, not no_compress, bar.update)
+    else:
+        n = archive.export(image_dir, output, not no_compress)
+    click.echo("%s: %.1f MB of images -> %.1f MB" % (output, n / 1e6, os.path.getsize(output) / 1e6))
+
+
+@cli.command("import")
+@click.argument("archive_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="New image dir to create (under checkpoint_roots, to restore from it).")
+def import_cmd(archive_file, output):
+    """Unpack an exported checkpoint and verify it (manifest, signature, every file)."""
+    from runc_grit import archive
+    from runc_grit import config as _config
+    m = archive.import_(archive_file, output, _config.load())
+    click.echo("%s: checkpoint of %s, %d files, verified" % (output, m["container"]["id"],
+                                                             len(m["images"])))
 
 
 @cli.command()

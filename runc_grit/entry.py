@@ -13,7 +13,8 @@ from runc_grit import fastconf
 
 INTERCEPTED = frozenset(("create", "run", "restore", "checkpoint"))
 # Operator commands: not runc's. `hook` is what the CRIU action script calls.
-OPERATOR = frozenset(("doctor", "demo", "cuda-checkpoint", "inspect", "config", "hook", "gc"))
+OPERATOR = frozenset(("doctor", "demo", "cuda-checkpoint", "inspect", "export", "import",
+                      "config", "hook", "gc"))
 
 
 def _valid_id(cid):

@@ -160,6 +160,7 @@ def _restore_on_create(inv, args, conf, log, rt, st, bundle, req):
         compat.check(m, "restore source %s" % req.path, os.path.basename(rt.path),
                      _criu_version(conf), _spec.annotations(_spec.load(bundle)))
         pairs = gpu.check_destination(m, conf, bundle)
+        _apply_rootfs_diff(image_dir, bundle, log)
     except GritError as e:
         if req.policy == "fresh":
             return _fresh(log, rt, st, bundle, args,
@@ -208,6 +209,26 @@ def _restore_on_create(inv, args, conf, log, rt, st, bundle, req):
                       "restore from %s failed: %s" % (image_dir, reason))
     st.remove()
     raise GritError("restore from %s failed: %s" % (image_dir, reason), kind="restore")
+
+
+def _save_spec(bundle, image_dir):
+    """spec.dump: the container's OCI spec, as Podman and checkpointctl keep it."""
+    if bundle:
+        import shutil
+        try:
+            shutil.copyfile(os.path.join(bundle, "config.json"), os.path.join(image_dir, "spec.dump"))
+        except OSError:
+            pass
+
+
+def _apply_rootfs_diff(image_dir, bundle, log):
+    """The files the source container had written into its rootfs, into the new rootfs."""
+    from runc_grit import rootfsdiff
+    root = (_spec.load(bundle).get("root") or {}).get("path") or "rootfs"
+    rootfs = root if os.path.isabs(root) else os.path.join(bundle, root)
+    done = rootfsdiff.apply(image_dir, rootfs)
+    if done:
+        log.debug("rootfs diff applied to %s: %d entries, %d deleted" % ((rootfs,) + done))
 
 
 def _passthrough(conf, args):
@@ -301,6 +322,11 @@ def do_checkpoint(inv, args, conf, log):
         if pre_dump:
             return 0
         t1 = time.monotonic()
+        diff = None
+        _save_spec(info.get("bundle"), image_dir)
+        if info.get("rootfs"):
+            from runc_grit import rootfsdiff
+            diff = rootfsdiff.capture(info["rootfs"], image_dir)
         images = manifest.list_images(image_dir,
                                       digest=(conf.verify == "digest" or bool(conf.signing_key)))
         timings = {"checkpoint_s": dump_s}
@@ -313,6 +339,8 @@ def do_checkpoint(inv, args, conf, log):
             {"path": conf.criu, "version": _criu_version(conf)},
             images, timings, leave_running=leave_running, gpu=gpu.manifest_section(st),
         )
+        if diff is not None:
+            m["rootfs_diff"] = {"entries": diff[0], "deleted": diff[1]}
         if conf.signing_key:
             from runc_grit import integrity
             integrity.sign(m, integrity.load_key(conf.signing_key))
