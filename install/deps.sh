@@ -79,6 +79,15 @@ W
   log "criu $("$BIN/criu" --version | sed -n 's/^Version: *//p') installed at $BIN/criu"
 fi
 
+# crit (optional: `runc-grit inspect` shows the process tree with it): the trixie pycriu and
+# protobuf, run by this system's python3 with protobuf's pure-Python implementation.
+if ! command -v crit >/dev/null 2>&1 && [ -f "$PREFIX/usr/bin/crit" ] && [ -d "$PREFIX/usr/lib/python3/dist-packages/pycriu" ]; then
+  printf '#!/bin/sh\nPROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python PYTHONPATH="%s" exec python3 -S "%s" "$@"\n' \
+    "$PREFIX/usr/lib/python3/dist-packages" "$PREFIX/usr/bin/crit" > "$BIN/crit"
+  chmod 0755 "$BIN/crit"
+  log "crit installed at $BIN/crit"
+fi
+
 # checkpointctl (optional: `checkpointctl show` reads runc-grit's exported archives), also
 # from Debian 13 and run through the same loader as CRIU.
 if ! command -v checkpointctl >/dev/null 2>&1 && [ -x "$PREFIX/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" ]; then

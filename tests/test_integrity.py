@@ -2,6 +2,7 @@
 with real runc + CRIU. CRIU is a recording wrapper here, so a test can tell it never ran."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -154,6 +155,8 @@ def test_inspect_reports_a_real_checkpoint(senv):
     assert rep["images"]["bytes"] == sum(os.path.getsize(os.path.join(senv.img, f))
                                          for f in os.listdir(senv.img) if f != _manifest.NAME)
     assert rep["compatible"] == [] and rep["problems"] == []
+    if shutil.which("crit"):  # install/deps.sh provides it: the process tree from pstree.img
+        assert rep["tree"] and any(ln.split()[-1:] == ["sh"] for ln in rep["tree"]), rep["tree"]
     text = run(senv.img).stdout.decode()
     assert "signature   valid" in text and "this node   can restore it" in text
     _flip_pages(senv)
