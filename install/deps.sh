@@ -16,7 +16,7 @@ log() { printf '[deps] %s\n' "$*" >&2; }
 
 need_apt=()
 for pair in runc:runc iptables-restore:iptables containerd:containerd busybox:busybox-static \
-            ip:iproute2 curl:curl zstd:zstd; do
+            ip:iproute2 curl:curl zstd:zstd crun:crun; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

@@ -21,7 +21,8 @@ def _older(mine, theirs):
 
 def image_format(runtime_name):
     """runc, crun, nvidia-container-runtime (and wrappers) write CRIU images; runsc its own."""
-    return "gVisor" if "runsc" in (runtime_name or "") else "CRIU"
+    from runc_grit import runtimes
+    return runtimes.for_path(runtime_name or "").image_format
 
 
 def problems(m, here, spec_annotations):

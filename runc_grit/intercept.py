@@ -155,6 +155,8 @@ def _fresh(log, rt, st, bundle, args, why):
 def _restore_on_create(inv, args, conf, log, rt, st, bundle, req):
     cid = st.id
     try:
+        from runc_grit import runtimes
+        runtimes.for_path(rt.path).require_checkpoint("restore of %s" % cid)
         image_dir, m = source.validate(req.path, conf)
         from runc_grit import compat
         compat.check(m, "restore source %s" % req.path, os.path.basename(rt.path),
@@ -281,6 +283,8 @@ def do_checkpoint(inv, args, conf, log):
     info = rt.state(cid)
     if info is None:
         _exec(rt, args)  # the runtime reports the missing container
+    from runc_grit import runtimes
+    runtimes.for_path(rt.path).require_checkpoint("checkpoint of %s" % cid)
     image_dir = os.path.abspath(inv.value("image-path") or os.path.join(os.getcwd(), "checkpoint"))
     leave_running = inv.has("leave-running")
     pre_dump = inv.has("pre-dump")

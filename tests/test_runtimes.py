@@ -1,0 +1,129 @@
+"""runc-grit in front of other runtimes: crun for real (what the distro's crun can do),
+nvidia-container-runtime as a recording fake, runsc's clear refusal."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FAKES, REPO, Env
+from test_integration_runc import checkpoint, start_counter
+
+
+def _crun_has_criu():
+    out = subprocess.run(["crun", "--version"], capture_output=True).stdout
+    return b"+CRIU" in out
+
+
+def _crun_envs(workdir):
+    if not shutil.which("crun"):
+        pytest.skip("crun not installed")
+    for d in ("runc-node", "crun-node"):
+        os.makedirs(os.path.join(workdir, d))
+    return Env(os.path.join(workdir, "runc-node")), Env(os.path.join(workdir, "crun-node"),
+                                                        {"runtime": "crun"})
+
+
+@pytest.mark.integration
+def test_restore_on_create_with_crun(workdir):
+    """A runc checkpoint restored with crun: done when crun has CRIU, else refused clearly
+    before crun runs (and no container is left)."""
+    ref, e = _crun_envs(workdir)
+    rb, rout = start_counter(ref, "r", "r")
+    assert rout.wait_for(lambda r: len(r.ints()) >= 3)
+    img = os.path.join(e.ckroot, "from-runc")
+    checkpoint(ref, rb, "r", img)
+    b = e.bundle("d", annotations={"grit.dev/restore-from": img},
+                 rootfs_from=os.path.join(rb, "rootfs"))
+    p, _ = e.grit.create_with_pipes(b, "d")
+    if _crun_has_criu():
+        assert p.returncode == 0, e.grit.log_error(b)
+    else:
+        assert p.returncode != 0
+        assert "built without CRIU" in e.grit.log_error(b), e.grit.log_error(b)
+        assert e.grit.state("d") is None and not os.path.exists(os.path.join(e.state_dir, "d"))
+    e.cleanup()
+    ref.cleanup()
+
+
+@pytest.mark.integration
+def test_crun_lifecycle_and_checkpoint(workdir):
+    """create/start/state/kill/delete through runc-grit with crun; checkpoint as far as the
+    distro's crun can (refused clearly without +CRIU, the container untouched)."""
+    ref, e = _crun_envs(workdir)
+    b = e.bundle("c")
+    p, out = e.grit.create_with_pipes(b, "c")
+    if p.returncode != 0 and "hybrid mode not supported" in e.grit.log_error(b):
+        pytest.skip("crun cannot run containers on this host's hybrid cgroups")
+    assert p.returncode == 0, e.grit.log_error(b)
+    assert e.grit.run(b, "start", "c").returncode == 0
+    assert out.wait_for(lambda r: len(r.ints()) >= 3)
+    assert e.grit.state("c")["status"] == "running"
+    img = os.path.join(e.ckroot, "img")
+    p = e.grit.run(b, "checkpoint", "--image-path", img, "c")
+    if _crun_has_criu():
+        assert p.returncode == 0, e.grit.log_error(b)
+    else:
+        assert p.returncode != 0 and "built without CRIU" in e.grit.log_error(b)
+        n = len(out.ints())
+        assert out.wait_for(lambda r: len(r.ints()) >= n + 2)
+        assert e.grit.run(b, "kill", "c", "KILL").returncode == 0
+    e.cleanup()
+
+
+@pytest.fixture
+def nvenv(tmp_path):
+    """nvidia-container-runtime = the recording fake, under that name on PATH."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    os.symlink(os.path.join(FAKES, "fake-runtime"), bindir / "nvidia-container-runtime")
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    conf = tmp_path / "config.yaml"
+    conf.write_text("runtime: nvidia-container-runtime\nstate_dir: %s\ncheckpoint_roots: [%s]\n"
+                    % (tmp_path / "state", ck))
+    env = dict(os.environ, PATH="%s:%s" % (bindir, os.environ["PATH"]),
+               RUNC_GRIT_CONFIG=str(conf), FAKE_RUNTIME_LOG=str(tmp_path / "calls.jsonl"),
+               FAKE_RUNTIME_STATE_DIR=str(tmp_path), PYTHONPATH=REPO)
+    return tmp_path, env
+
+
+def test_nvidia_container_runtime_gets_our_spec_and_plain_pass_through(nvenv):
+    tmp, env = nvenv
+    b = tmp / "b"
+    b.mkdir()
+    (b / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "process": {"args": ["sh"]},
+                                               "root": {"path": "rootfs"},
+                                               "annotations": {"mine": "kept"}}))
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "runc_grit"] + list(args), env=env,
+                              capture_output=True, timeout=60)
+    create = ["--root", "/r", "--log", str(b / "log.json"), "--log-format", "json", "create",
+              "--bundle", str(b), "--pid-file", str(b / "init.pid"), "c1"]
+    assert run(*create).returncode == 0
+    spec = json.loads((b / "config.json").read_text())
+    # runc-grit's spec change is in place when the NVIDIA runtime (which injects the GPUs and
+    # then runs runc) reads config.json: the CRIU config with the action script
+    assert spec["annotations"]["mine"] == "kept"
+    conf = spec["annotations"]["org.criu.config"]
+    assert "action-script" in open(conf).read()
+    others = [["--root", "/r", "state", "c1"], ["--root", "/r", "kill", "c1", "KILL"],
+              ["--root", "/r", "exec", "c1", "nvidia-smi"], ["--root", "/r", "delete", "c1"]]
+    for a in others:
+        run(*a)
+    calls = [json.loads(ln)["argv"] for ln in (tmp / "calls.jsonl").read_text().splitlines()]
+    assert calls[0] == create                        # create itself unchanged
+    assert calls[1:] == others                       # everything else byte for byte
+
+
+def test_runsc_checkpoint_is_refused_clearly(tmp_path):
+    from runc_grit import runtimes
+    s = runtimes.for_path("/usr/bin/runsc")
+    assert s.image_format == "gVisor"
+    with pytest.raises(Exception, match="runsc .gVisor. writes its own checkpoint images"):
+        s.require_checkpoint("checkpoint of c1")
+    assert runtimes.for_path("/usr/bin/nvidia-container-runtime").checkpoint_problem() is None
+    assert runtimes.for_path("/usr/sbin/runc").image_format == "CRIU"
