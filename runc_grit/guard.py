@@ -17,7 +17,6 @@ it is killed, the pipe just closes, and the guard rolls back what was in flight:
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -33,22 +32,6 @@ def _group_gone(pgid, timeout=10.0):
             return False
         time.sleep(0.05)
     return False
-
-
-def _runtime(job, *args):
-    return subprocess.run([job["runtime"]] + job["globals"] + list(args), capture_output=True,
-                          stdin=subprocess.DEVNULL, timeout=60)
-
-
-def _status(job):
-    p = _runtime(job, "state", job["cid"])
-    if p.returncode != 0:
-        return None, None
-    try:
-        st = json.loads(p.stdout)
-    except ValueError:
-        return None, None
-    return st.get("status"), st
 
 
 def _kill_cgroup(state_json):
@@ -82,7 +65,9 @@ def _runc_state_json(job):
 
 
 def rollback(job):
+    from runc_grit.runtime import Runtime
     from runc_grit.state import ContainerState
+    rt = Runtime.at(job["runtime"], job["globals"])
     try:
         os.killpg(job["pgid"], signal.SIGKILL)
     except ProcessLookupError:
@@ -92,9 +77,9 @@ def rollback(job):
     with st:
         record = {"rolled_back": job["kind"], "t": time.time()}
         if job["kind"] == "checkpoint":
-            status, _ = _status(job)
-            if status == "paused" and not job.get("was_paused"):
-                _runtime(job, "resume", job["cid"])
+            info = rt.state(job["cid"]) or {}
+            if info.get("status") == "paused" and not job.get("was_paused"):
+                rt.resume(job["cid"])
                 record["thawed"] = True
             try:
                 from runc_grit import config as _config
@@ -109,7 +94,7 @@ def rollback(job):
                 st.remove()
         else:
             state_json = _runc_state_json(job)
-            _runtime(job, "delete", "--force", job["cid"])
+            rt.force_delete(job["cid"])
             _kill_cgroup(state_json)
             st.remove()
     return record

@@ -39,7 +39,7 @@ def hook_env(conf, st, extra=None):
     if conf.path:
         env["RUNC_GRIT_CONFIG"] = conf.path
     env["RUNC_GRIT_PYTHON"] = sys.executable
-    env["RUNC_GRIT_PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+    env["RUNC_GRIT_PYTHONPATH"] = procs.import_path()
     env["RUNC_GRIT_HOOK_CONF"] = json.dumps(conf.as_dict())
     if extra:
         env.update(extra)
@@ -135,7 +135,7 @@ def do_create(inv, args, conf, log):
             st.write({"id": cid, "bundle": bundle, "created": time.time(), "restored_from": None})
             st.unlock()
             _exec(rt, args)
-        return _restore_on_create(inv, args, conf, log, rt, st, bundle, req)
+        return _restore_on_create(inv, args, conf, log, rt, st, bundle, spec, req)
     finally:
         st.unlock()
 
@@ -152,7 +152,7 @@ def _fresh(log, rt, st, bundle, args, why):
     return rc
 
 
-def _restore_on_create(inv, args, conf, log, rt, st, bundle, req):
+def _restore_on_create(inv, args, conf, log, rt, st, bundle, spec, req):
     cid = st.id
     try:
         from runc_grit import runtimes
@@ -160,9 +160,9 @@ def _restore_on_create(inv, args, conf, log, rt, st, bundle, req):
         image_dir, m = source.validate(req.path, conf)
         from runc_grit import compat
         compat.check(m, "restore source %s" % req.path, os.path.basename(rt.path),
-                     _criu_version(conf), _spec.annotations(_spec.load(bundle)))
+                     _criu_version(conf), _spec.annotations(spec))
         pairs = gpu.check_destination(m, conf, bundle)
-        _apply_rootfs_diff(image_dir, bundle, log)
+        _apply_rootfs_diff(image_dir, bundle, spec, log)
     except GritError as e:
         if req.policy == "fresh":
             return _fresh(log, rt, st, bundle, args,
@@ -223,10 +223,10 @@ def _save_spec(bundle, image_dir):
             pass
 
 
-def _apply_rootfs_diff(image_dir, bundle, log):
+def _apply_rootfs_diff(image_dir, bundle, spec, log):
     """The files the source container had written into its rootfs, into the new rootfs."""
     from runc_grit import rootfsdiff
-    root = (_spec.load(bundle).get("root") or {}).get("path") or "rootfs"
+    root = (spec.get("root") or {}).get("path") or "rootfs"
     rootfs = root if os.path.isabs(root) else os.path.join(bundle, root)
     done = rootfsdiff.apply(image_dir, rootfs)
     if done:
@@ -310,7 +310,7 @@ def do_checkpoint(inv, args, conf, log):
             after = rt.state(cid)
             if after is not None and after.get("status") == "paused":
                 # CRIU died between freezing the cgroup and thawing it
-                procs.run(rt.argv(rt.quiet_globals() + ["resume", cid]), quiet=True, timeout=60)
+                rt.resume(cid)
                 log.warning("checkpoint of %s failed with the container frozen; resumed it" % cid)
         if rc != 0 or leave_running:
             # The source keeps computing: undo the CUDA checkpoint of every process the

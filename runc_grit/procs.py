@@ -64,14 +64,20 @@ def _pdeathsig():
         pass
 
 
+def import_path():
+    """This process's import path, for the Python children runc-grit starts with -S
+    (the hook, the guard): they get it through PYTHONPATH instead of a site scan."""
+    import sys
+    return os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+
+
 def _start_guard(job, env):
     """runc_grit.guard beside us, on a pipe only we hold (see guard.py). Returns its fd."""
     import json
     import sys
     r, w = os.pipe()
     genv = dict(env if env is not None else os.environ)
-    genv["PYTHONPATH"] = genv.get("RUNC_GRIT_PYTHONPATH") or os.pathsep.join(
-        p for p in sys.path if p and os.path.isdir(p))
+    genv["PYTHONPATH"] = genv.get("RUNC_GRIT_PYTHONPATH") or import_path()
     try:
         subprocess.Popen([sys.executable, "-S", "-m", "runc_grit.guard", json.dumps(job)],
                          stdin=r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -17,6 +17,13 @@ class Runtime:
         self.globals = list(globals_)  # rendered global flags, passed on every call
 
     @classmethod
+    def at(cls, path, globals_=()):
+        """The runtime at a known path (no PATH search), with these global flags."""
+        rt = cls.__new__(cls)
+        rt.name, rt.path, rt.globals = os.path.basename(path), path, list(globals_)
+        return rt
+
+    @classmethod
     def for_invocation(cls, conf, inv):
         from runc_grit.argv import _render_flags
         return cls(conf.runtime, _render_flags(inv.globals))
@@ -38,10 +45,15 @@ class Runtime:
     def quiet_globals(self):
         return _drop_log(self.globals)
 
+    def resume(self, cid):
+        """Thaw a paused (frozen) container."""
+        return procs.run(self.argv(self.quiet_globals() + ["resume", cid]), quiet=True,
+                         timeout=60)[0]
+
     def guard_job(self, kind, st, **extra):
         """What runc_grit.guard needs to roll back a `kind` (checkpoint|restore) of st."""
         job = {"kind": kind, "cid": st.id, "state_dir": st.dir, "runtime": self.path,
-               "globals": _drop_log(self.globals)}
+               "globals": self.quiet_globals()}
         job.update(extra)
         return job
 
