@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what runc-grit needs on a Debian 12 (bookworm) node or CI machine:
-#   runc, iptables, containerd, busybox (demo/tests), python3-venv, and CRIU >= 4.1.
+#   runc, iptables, containerd, busybox (demo/tests), python3-venv, CRIU >= 4.1, crun, and
+#   runsc (gVisor, from Debian 13).
 # Debian 12 ships CRIU 3.17, which fails `criu check` on 6.x kernels with new vDSO layouts.
 # CRIU 4.1 comes from Debian 13 (trixie) packages, unpacked into a private prefix and started
 # through trixie's own dynamic loader (it needs glibc >= 2.38). Nothing in the system's apt
@@ -113,6 +114,33 @@ if ! command -v checkpointctl >/dev/null 2>&1 && [ -x "$PREFIX/usr/lib/x86_64-li
     log "checkpointctl installed at $BIN/checkpointctl"
   else
     log "checkpointctl not available (optional)"
+  fi
+fi
+
+# runsc (gVisor), for runc-grit's runsc strategy: Debian 13's static build (Debian 12 has
+# none). A static binary: it is copied as it is, no loader needed.
+RUNSC_PREFIX=${RUNC_GRIT_RUNSC_PREFIX:-/opt/runc-grit/runsc}
+if ! command -v runsc >/dev/null 2>&1; then
+  if [ ! -x "$RUNSC_PREFIX/usr/bin/runsc" ]; then
+    work=$(mktemp -d); chmod 755 "$work"
+    mkdir -p "$work/lists/partial" "$work/archives/partial" "$work/debs"
+    echo "deb $TRIXIE_MIRROR trixie main" > "$work/sources.list"
+    aopts=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
+           -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::archives=$work/archives"
+           -o APT::Architecture=amd64 -o Debug::NoLocking=1)
+    if apt-get "${aopts[@]}" update -qq 2>/dev/null && \
+       (cd "$work/debs" && apt-get "${aopts[@]}" download runsc >/dev/null 2>&1); then
+      mkdir -p "$RUNSC_PREFIX"
+      for d in "$work"/debs/*.deb; do dpkg -x "$d" "$RUNSC_PREFIX"; done
+    fi
+    rm -rf "$work"
+  fi
+  if [ -x "$RUNSC_PREFIX/usr/bin/runsc" ]; then
+    mkdir -p "$BIN"
+    ln -sf "$RUNSC_PREFIX/usr/bin/runsc" "$BIN/runsc"
+    log "runsc $("$BIN/runsc" --version | head -1 | awk '{print $3}') installed at $BIN/runsc"
+  else
+    log "ERROR: runsc could not be fetched from Debian 13"; exit 1
   fi
 fi
 

@@ -8,6 +8,7 @@ from runc_grit.errors import GritError
 
 DEFAULTS = {
     "runtime": "runc",
+    "runtime_flags": [],
     "criu": "criu",
     "checkpoint_roots": ["/var/lib/runc-grit/checkpoints"],
     "state_dir": "/run/runc-grit",
@@ -25,6 +26,7 @@ DEFAULTS = {
         "lock_timeout_ms": 10000,
         "require_same_gpu_model": True,
         "library": "libcuda.so.1",
+        "sandbox_helper": "/usr/local/bin/cuda-checkpoint",
     },
 }
 

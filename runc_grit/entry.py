@@ -27,10 +27,11 @@ def _runtime(conf):
 
 
 def passthrough(args, conf):
-    """exec the delegate runtime with argv unchanged. Does not return on success."""
+    """exec the delegate runtime with argv unchanged (after the config's runtime_flags, none
+    by default). Does not return on success."""
     runtime = _runtime(conf)
     try:
-        posix.execv(runtime, [runtime] + list(args))
+        posix.execv(runtime, [runtime] + list(conf.get("runtime_flags") or ()) + list(args))
     except OSError as e:
         from runc_grit.runclog import Logger
         try:

@@ -1,6 +1,7 @@
 """What the pass-through path needs from the config, read without yaml or jsonschema.
 
-Only two top-level scalar keys are read here: ``runtime`` and ``state_dir``. A line this
+Only three top-level keys are read here: ``runtime`` and ``state_dir`` (scalars) and
+``runtime_flags`` (a one-line flow list of plain words, ``[--network=none, --nvproxy]``). A line this
 reader cannot be sure of (flow or block syntax, anchors, escapes) makes it return None, and
 the caller falls back to the full loader (runc_grit.config). Validation always happens in the
 full loader, which every intercepted command uses.
@@ -11,8 +12,9 @@ os (posixpath, stat, abc, ...) would be most of runc-grit's own start-up time.
 import posix
 
 DEFAULT_PATH = "/etc/runc-grit/config.yaml"
-DEFAULTS = {"runtime": "runc", "state_dir": "/run/runc-grit"}
+DEFAULTS = {"runtime": "runc", "state_dir": "/run/runc-grit", "runtime_flags": []}
 _KEYS = ("runtime", "state_dir")
+_LISTS = ("runtime_flags",)
 _UNSURE = tuple("[{&*!|>%@`\"'")
 
 
@@ -41,6 +43,21 @@ def _scalar(raw):
     return value or None
 
 
+def _flow_list(raw):
+    """'[a, b]' -> ['a', 'b'] for plain words only; None when unsure."""
+    raw = raw.split(" #", 1)[0].strip()
+    if len(raw) < 2 or raw[0] != "[" or raw[-1] != "]":
+        return None
+    body = raw[1:-1].strip()
+    if not body:
+        return []
+    items = [i.strip() for i in body.split(",")]
+    for i in items:
+        if not i or any(c in i for c in "[]{}&*!|>%@`\"'#:") or " " in i:
+            return None
+    return items
+
+
 def read(path=None):
     """dict with runtime and state_dir, or None when the full loader must decide."""
     path = path or config_path()
@@ -52,6 +69,7 @@ def read(path=None):
     except (OSError, UnicodeDecodeError):
         return None
     out = dict(DEFAULTS)
+    out["runtime_flags"] = []
     for line in text.splitlines():
         if not line or line[0] in " \t#" or line.startswith("---"):
             continue
@@ -61,6 +79,11 @@ def read(path=None):
         key = key.strip()
         if key in _KEYS:
             value = _scalar(rest)
+            if value is None:
+                return None
+            out[key] = value
+        elif key in _LISTS:
+            value = _flow_list(rest)
             if value is None:
                 return None
             out[key] = value

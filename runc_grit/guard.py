@@ -11,6 +11,9 @@ it is killed, the pipe just closes, and the guard rolls back what was in flight:
               manifest exists (it is written last), so the image dir is refused for restores.
   restore     the half-restored container is removed: the group killed, `runtime delete
               --force`, every process left in its cgroup killed, runc-grit's state removed.
+  runsc-checkpoint
+              runsc checkpoint is killed; if the sandbox still runs, the CUDA processes
+              frozen inside it are restored and unlocked again (runsc exec of the helper).
 
   python -m runc_grit.guard JOB_JSON   (stdin: the pipe, "pgid N" then "ok"; run by procs.run)
 """
@@ -76,7 +79,13 @@ def rollback(job):
     st = ContainerState(os.path.dirname(job["state_dir"]), os.path.basename(job["state_dir"]))
     with st:
         record = {"rolled_back": job["kind"], "t": time.time()}
-        if job["kind"] == "checkpoint":
+        if job["kind"] == "runsc-checkpoint":
+            record.update(_runsc_unfreeze(rt, job))
+            if st.read() is None:
+                st.remove()
+            else:
+                st.write(record, "rollback.json")
+        elif job["kind"] == "checkpoint":
             info = rt.state(job["cid"]) or {}
             if info.get("status") == "paused" and not job.get("was_paused"):
                 rt.resume(job["cid"])
@@ -98,6 +107,27 @@ def rollback(job):
             _kill_cgroup(state_json)
             st.remove()
     return record
+
+
+class _NoLog:
+    def warning(self, msg):
+        pass
+
+    debug = warning
+
+
+def _runsc_unfreeze(rt, job):
+    from runc_grit import sandbox_cuda
+    info = rt.state(job["cid"]) or {}
+    if info.get("status") != "running":
+        return {"sandbox": info.get("status") or "gone"}
+    helper = sandbox_cuda.SandboxHelper(rt, job["cid"], job.get("sandbox_helper"))
+    try:
+        left = sandbox_cuda.unfreeze(helper, job.get("cuda_pids") or [], _NoLog())
+    except Exception as e:  # noqa: BLE001 - recorded; nothing else can act now
+        return {"cuda_error": str(e)}
+    return {"cuda_resumed": [p for p in job.get("cuda_pids") or [] if p not in left],
+            "cuda_left": left}
 
 
 def main(argv):

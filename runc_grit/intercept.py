@@ -53,7 +53,7 @@ def _with_criu(conf, args):
 
 
 def _exec(runtime, args):
-    os.execv(runtime.path, [runtime.path] + list(args))
+    os.execv(runtime.path, runtime.command(args))
 
 
 def _prepare_spec(conf, st, bundle, spec, changes=(), restore_lines=()):
@@ -124,17 +124,27 @@ def do_create(inv, args, conf, log):
     ann = _spec.annotations(spec)
     req = source.requested(ann, conf.on_restore_failure)
     st = ContainerState(conf.state_dir, cid)
+    strategy = rt.strategy
+    create_args = strategy.translate(inv, args)
     st.lock()
     try:
         if not _claim_state(rt, st):
             st.unlock()
-            _exec(rt, args)  # the runtime reports "container exists"
-        _prepare_spec(conf, st, bundle, spec,
-                      restore_lines=criuconf.restore_options(conf.restore_cgroups) if req else ())
+            _exec(rt, create_args)  # the runtime reports "container exists"
+        if not strategy.own_images:  # CRIU: the action script, through the CRIU config
+            _prepare_spec(conf, st, bundle, spec, restore_lines=criuconf.restore_options(
+                conf.restore_cgroups) if req else ())
         if req is None:
             st.write({"id": cid, "bundle": bundle, "created": time.time(), "restored_from": None})
             st.unlock()
-            _exec(rt, args)
+            _exec(rt, create_args)
+        if strategy.own_images:
+            fresh = None
+            if req.policy == "fresh":
+                def fresh(why):
+                    return _fresh(log, rt, st, bundle, create_args, why)
+            return strategy.restore_on_create(inv, args, conf, log, rt, st, bundle, spec, req,
+                                              fresh)
         return _restore_on_create(inv, args, conf, log, rt, st, bundle, spec, req)
     finally:
         st.unlock()
@@ -146,7 +156,7 @@ def _fresh(log, rt, st, bundle, args, why):
     log.warning("%s; policy 'fresh': creating the container from scratch" % why)
     st.write({"id": st.id, "bundle": bundle, "created": time.time(), "restored_from": None,
               "fresh_because": why})
-    rc, _ = procs.run([rt.path] + list(args))
+    rc, _ = procs.run(rt.command(args))
     if rc != 0 and rt.state(st.id) is None:
         st.remove()
     return rc
@@ -155,8 +165,7 @@ def _fresh(log, rt, st, bundle, args, why):
 def _restore_on_create(inv, args, conf, log, rt, st, bundle, spec, req):
     cid = st.id
     try:
-        from runc_grit import runtimes
-        runtimes.for_path(rt.path).require_checkpoint("restore of %s" % cid)
+        rt.strategy.require_checkpoint("restore of %s" % cid)
         image_dir, m = source.validate(req.path, conf)
         from runc_grit import compat
         compat.check(m, "restore source %s" % req.path, os.path.basename(rt.path),
@@ -186,7 +195,7 @@ def _restore_on_create(inv, args, conf, log, rt, st, bundle, spec, req):
         extra["RUNC_GRIT_DEVICE_PAIRS"] = json.dumps(pairs)
     if detach:
         procs.become_subreaper()
-    rc, _ = procs.run([rt.path] + rargs, env=hook_env(conf, st, extra),
+    rc, _ = procs.run(rt.command(rargs), env=hook_env(conf, st, extra),
                       guard=rt.guard_job("restore", st) if detach else None)
     elapsed = time.monotonic() - t0
     ok = rc == 0 and (not detach or rt.state(cid) is not None)
@@ -248,6 +257,11 @@ def do_restore(inv, args, conf, log):
     bundle = os.path.abspath(inv.value("bundle") or os.getcwd())
     spec = _spec.load(bundle)
     st = ContainerState(conf.state_dir, cid)
+    if rt.strategy.own_images:
+        with st:
+            if not _claim_state(rt, st):
+                _exec(rt, rt.strategy.translate(inv, args))
+            return rt.strategy.restore(inv, conf, log, rt, st, bundle)
     with st:
         if not _claim_state(rt, st):
             _exec(rt, args)
@@ -257,7 +271,7 @@ def do_restore(inv, args, conf, log):
         image_dir = inv.value("image-path") or os.path.join(os.getcwd(), "checkpoint")
         st.write({"id": cid, "bundle": bundle, "created": time.time(),
                   "restored_from": os.path.abspath(image_dir), "phase": "restoring"})
-        rc, _ = procs.run([rt.path] + _with_criu(conf, args),
+        rc, _ = procs.run(rt.command(_with_criu(conf, args)),
                           env=hook_env(conf, st, {"RUNC_GRIT_IMAGE_DIR": image_dir}))
         criuconf.drop_restore_lines(st.path("criu.conf"))
         why = gpu.resume_failure(st, False) if rc == 0 else None
@@ -282,9 +296,10 @@ def do_checkpoint(inv, args, conf, log):
     rt = Runtime.for_invocation(conf, inv)
     info = rt.state(cid)
     if info is None:
-        _exec(rt, args)  # the runtime reports the missing container
-    from runc_grit import runtimes
-    runtimes.for_path(rt.path).require_checkpoint("checkpoint of %s" % cid)
+        _exec(rt, rt.strategy.translate(inv, args))  # the runtime reports the missing container
+    if rt.strategy.own_images:
+        return rt.strategy.checkpoint(inv, conf, log, rt, info)
+    rt.strategy.require_checkpoint("checkpoint of %s" % cid)
     image_dir = os.path.abspath(inv.value("image-path") or os.path.join(os.getcwd(), "checkpoint"))
     leave_running = inv.has("leave-running")
     pre_dump = inv.has("pre-dump")
@@ -300,7 +315,7 @@ def do_checkpoint(inv, args, conf, log):
                             kind="checkpoint") from None
         gpu.reset_records(st)
         t0 = time.monotonic()
-        rc, _ = procs.run([rt.path] + _with_criu(conf, args),
+        rc, _ = procs.run(rt.command(_with_criu(conf, args)),
                           env=hook_env(conf, st, {"RUNC_GRIT_IMAGE_DIR": image_dir}),
                           guard=rt.guard_job("checkpoint", st,
                                              was_paused=info.get("status") == "paused"))

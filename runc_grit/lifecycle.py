@@ -46,12 +46,12 @@ def start(st, rt, args, log):
                 st.update(started=True)
                 log.debug("start %s: restored container already running" % st.id)
                 return 0
-    os.execv(rt.path, [rt.path] + list(args))
+    os.execv(rt.path, rt.command(args))
 
 
 def delete(st, rt, args):
     with st:
-        rc, _ = procs.run([rt.path] + list(args))
+        rc, _ = procs.run(rt.command(args))
         if rc == 0 or rt.state(st.id) is None:
             st.remove()
         return rc

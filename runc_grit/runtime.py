@@ -15,18 +15,36 @@ class Runtime:
         if self.path is None:
             raise GritError("runtime %r not found on PATH" % name, kind="not-found")
         self.globals = list(globals_)  # rendered global flags, passed on every call
+        self.flags = []  # the config's runtime_flags, in front of every command
+        self._strategy = None
 
     @classmethod
     def at(cls, path, globals_=()):
         """The runtime at a known path (no PATH search), with these global flags."""
         rt = cls.__new__(cls)
         rt.name, rt.path, rt.globals = os.path.basename(path), path, list(globals_)
+        rt.flags, rt._strategy = [], None
         return rt
 
     @classmethod
     def for_invocation(cls, conf, inv):
-        from runc_grit.argv import _render_flags
-        return cls(conf.runtime, _render_flags(inv.globals))
+        """The configured runtime with the caller's global flags (as this runtime takes
+        them) and the config's runtime_flags."""
+        rt = cls(conf.runtime)
+        rt.flags = list(conf.runtime_flags)
+        rt.globals = rt.flags + rt.strategy.globals(inv.globals)
+        return rt
+
+    @property
+    def strategy(self):
+        if self._strategy is None:
+            from runc_grit import runtimes
+            self._strategy = runtimes.for_path(self.path)
+        return self._strategy
+
+    def command(self, args):
+        """argv for one of the commands runc-grit handles: binary, runtime_flags, args."""
+        return [self.path] + self.flags + list(args)
 
     def argv(self, args):
         return [self.path] + list(args)

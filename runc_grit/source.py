@@ -2,7 +2,8 @@
 
 A restore runs CRIU as root on files a pod points at, so the source is checked before any
 runtime or CRIU process starts: it must resolve (symlinks followed) to a directory inside one
-of checkpoint_roots, hold only regular files, hold a CRIU inventory with the right magic, and
+of checkpoint_roots, hold only regular files, hold a CRIU inventory with the right magic (for
+runsc: gVisor's checkpoint.img, see gvisor.check_images), and
 carry a valid grit-manifest.json whose files match (unless accept_raw_criu).
 """
 import os
@@ -114,10 +115,15 @@ def check_images(image_dir):
                         kind="source")
 
 
-def validate(path, conf):
-    """(real image dir, manifest or None) for a restore source, or GritError(kind=source)."""
+def validate(path, conf, image_format="CRIU"):
+    """(real image dir, manifest or None) for a restore source, or GritError(kind=source).
+    image_format: what the restoring runtime reads, CRIU images or gVisor's checkpoint.img."""
     real = resolve(path, conf.checkpoint_roots)
-    check_images(real)
+    if image_format == "gVisor":
+        from runc_grit import gvisor
+        gvisor.check_images(real)
+    else:
+        check_images(real)
     m = _manifest.load(real)
     if m is None:
         if not conf.accept_raw_criu:

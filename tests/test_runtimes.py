@@ -1,5 +1,5 @@
 """runc-grit in front of other runtimes: crun for real (what the distro's crun can do),
-nvidia-container-runtime as a recording fake, runsc's clear refusal."""
+nvidia-container-runtime as a recording fake. (runsc: test_runsc.py)"""
 import json
 import os
 import shutil
@@ -126,13 +126,3 @@ def test_nvidia_container_runtime_gets_our_spec_and_plain_pass_through(nvenv):
     calls = [json.loads(ln)["argv"] for ln in (tmp / "calls.jsonl").read_text().splitlines()]
     assert calls[0] == create                        # create itself unchanged
     assert calls[1:] == others                       # everything else byte for byte
-
-
-def test_runsc_checkpoint_is_refused_clearly(tmp_path):
-    from runc_grit import runtimes
-    s = runtimes.for_path("/usr/bin/runsc")
-    assert s.image_format == "gVisor"
-    with pytest.raises(Exception, match="runsc .gVisor. writes its own checkpoint images"):
-        s.require_checkpoint("checkpoint of c1")
-    assert runtimes.for_path("/usr/bin/nvidia-container-runtime").checkpoint_problem() is None
-    assert runtimes.for_path("/usr/sbin/runc").image_format == "CRIU"

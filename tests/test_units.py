@@ -100,6 +100,12 @@ def test_config_given_but_missing(tmp_path):
     ("# c\nruntime: '/usr/bin/runc'  # comment\n", {"runtime": "/usr/bin/runc", "state_dir": "/run/runc-grit"}),
     ('runtime: "runsc"\ncuda:\n  helper: builtin\n', {"runtime": "runsc", "state_dir": "/run/runc-grit"}),
     ("checkpoint_roots:\n  - /a\n", {"runtime": "runc", "state_dir": "/run/runc-grit"}),
+    ("runtime: runsc\nruntime_flags: [--network=none, --nvproxy]  # gVisor\n",
+     {"runtime": "runsc", "state_dir": "/run/runc-grit",
+      "runtime_flags": ["--network=none", "--nvproxy"]}),
+    ("runtime_flags: []\n", {"runtime": "runc", "state_dir": "/run/runc-grit"}),
+    ("runtime_flags:\n  - --network=none\n", None),  # block list: the full loader reads it
+    ("runtime_flags: ['--a b']\n", None),
     ("runtime: &a runc\n", None),            # anchors: not sure, full loader decides
     ('runtime: "a\\"b"\n', None),
     ("runtime: [runc]\n", None),
@@ -108,6 +114,8 @@ def test_config_given_but_missing(tmp_path):
 def test_fastconf(tmp_path, text, expected):
     p = tmp_path / "c.yaml"
     p.write_text(text)
+    if expected is not None:
+        expected = dict({"runtime_flags": []}, **expected)
     assert fastconf.read(str(p)) == expected
 
 
@@ -117,6 +125,8 @@ def test_fastconf_agrees_with_full_loader(tmp_path):
     full = config.load(str(p))
     fast = fastconf.read(str(p))
     assert (fast["runtime"], fast["state_dir"]) == (full.runtime, full.state_dir)
+    p.write_text("runtime: runsc\nruntime_flags: [--network=none, --platform=systrap]\n")
+    assert fastconf.read(str(p))["runtime_flags"] == config.load(str(p)).runtime_flags
 
 
 # --- CRIU config --------------------------------------------------------------------------

@@ -72,6 +72,22 @@ def test_passthrough_is_byte_for_byte(fenv, args):
     assert p.stderr == b""
 
 
+@pytest.mark.parametrize("style", ["[--network=none, --debug-log=/x/]",  # fast reader
+                                   "\n  - --network=none\n  - --debug-log=/x/"])  # full loader
+def test_runtime_flags_go_in_front_of_every_command(fenv, style):
+    """runtime_flags (e.g. runsc's) come first on pass-through and on intercepted commands;
+    the caller's argv follows unchanged."""
+    fenv.conf.write_text(fenv.conf.read_text() + "runtime_flags: %s\n" % style)
+    (fenv.tmp / "c1").write_text("")
+    flags = ["--network=none", "--debug-log=/x/"]
+    kill = ["--root", "/r", "kill", "c1", "SIGTERM"]
+    assert fenv.run(*kill).returncode == 0
+    b = fenv.bundle("b")
+    create = ["--root", "/r", "create", "--bundle", str(b), "c2"]
+    assert fenv.run(*create).returncode == 0
+    assert [c["argv"] for c in fenv.calls()] == [flags + kill, flags + create]
+
+
 def test_passthrough_keeps_exit_code_and_stdio(fenv):
     fenv.env["FAKE_RUNTIME_FAIL"] = "kill"
     p = fenv.run("kill", "c1")

@@ -74,15 +74,18 @@ class BinaryHelper(Helper):
         self.path = path
         self.name = path
 
+    def argv(self, args):
+        return [self.path] + [str(a) for a in args]
+
     def _run(self, *args, check=True):
         try:
-            p = subprocess.run([self.path] + [str(a) for a in args], stdin=subprocess.DEVNULL,
+            p = subprocess.run(self.argv(args), stdin=subprocess.DEVNULL,
                                capture_output=True, timeout=600)
         except OSError as e:
-            raise GritError("cuda helper %s: %s" % (self.path, e.strerror), kind="gpu") from None
+            raise GritError("cuda helper %s: %s" % (self.name, e.strerror), kind="gpu") from None
         if check and p.returncode != 0:
             msg = (p.stderr or p.stdout).decode("utf-8", "replace").strip().splitlines()
-            raise GritError("cuda helper %s %s failed: %s" % (self.path, " ".join(map(str, args)),
+            raise GritError("cuda helper %s %s failed: %s" % (self.name, " ".join(map(str, args)),
                             msg[-1] if msg else "exit %d" % p.returncode), kind="gpu")
         return p
 

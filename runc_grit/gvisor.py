@@ -1,0 +1,306 @@
+"""gVisor (runsc) as the delegate runtime: its own checkpoint images, no CRIU.
+
+  create with grit.dev/restore-from  ->  runsc restore --detach --image-path IMG ...
+  checkpoint                         ->  [CUDA frozen inside the sandbox]
+                                         runsc checkpoint --image-path IMG [--leave-running]
+                                         grit-manifest.json, as for runc
+  after the restore                  ->  CUDA unfrozen inside the sandbox
+
+runc's command line does not fit runsc's: the tables below say which runc flag becomes which
+runsc flag, which are dropped (CRIU tuning runsc has no use for) and which are refused
+(features runsc does not have). The translations are pure functions of a parsed invocation.
+A checkpoint is a directory holding checkpoint.img (gVisor's state file, magic "gVisorSF").
+"""
+import os
+import stat
+import time
+
+from runc_grit import argv as _argv
+from runc_grit.errors import GritError
+
+IMAGE = "checkpoint.img"
+MAGIC = b"gVisorSF"
+
+# runc global flag -> runsc global flag (None: runsc has no such flag; dropped).
+GLOBALS = {"debug": "debug", "log": "log", "log-format": "log-format", "root": "root",
+           "systemd-cgroup": "systemd-cgroup", "criu": None, "rootless": "rootless",
+           "help": None, "version": None}
+
+# Per command: runc flag -> runsc flag of the same command (None: dropped, and reported).
+CREATE = {"bundle": "bundle", "console-socket": "console-socket", "pid-file": "pid-file",
+          "pidfd-socket": None, "no-pivot": None, "no-new-keyring": None, "preserve-fds": None}
+RUN = dict(CREATE, detach="detach", keep=None, **{"no-subreaper": None})
+RESTORE = {"bundle": "bundle", "console-socket": "console-socket", "pid-file": "pid-file",
+           "detach": "detach", "image-path": "image-path", "pidfd-socket": None,
+           "no-subreaper": None, "no-pivot": None, "work-path": None, "tcp-established": None,
+           "ext-unix-sk": None, "shell-job": None, "file-locks": None,
+           "manage-cgroups-mode": None, "empty-ns": None, "auto-dedup": None,
+           "lazy-pages": False, "lsm-profile": None, "lsm-mount-context": None}
+CHECKPOINT = {"image-path": "image-path", "leave-running": "leave-running", "work-path": None,
+              "tcp-established": None, "ext-unix-sk": None, "shell-job": None,
+              "file-locks": None, "manage-cgroups-mode": None, "empty-ns": None,
+              "auto-dedup": None, "tcp-skip-in-flight": None, "link-remap": None,
+              "pre-dump": False, "parent-path": False, "lazy-pages": False,
+              "page-server": False, "status-fd": False}
+# False above: runsc cannot do what the flag asks; the command is refused, not changed.
+REFUSED_WHY = {
+    "pre-dump": "runsc has no pre-dump (iterative checkpoints)",
+    "parent-path": "runsc has no incremental checkpoints (--parent-path)",
+    "lazy-pages": "runsc has no lazy (post-copy) restore",
+    "page-server": "runsc has no page server",
+    "status-fd": "runsc has no --status-fd (it is used with lazy pages)",
+}
+TABLES = {"create": CREATE, "run": RUN, "restore": RESTORE, "checkpoint": CHECKPOINT}
+
+
+def _flags(pairs, table, where):
+    out, dropped = [], []
+    for name, value in pairs:
+        to = table.get(name)
+        if to is False:
+            raise GritError("%s: %s" % (where, REFUSED_WHY.get(name, "runsc has no --" + name)),
+                            kind="usage")
+        if to is None:
+            dropped.append(name)
+            continue
+        if name == "rootless":
+            # runc: --rootless true|false|auto; runsc: a boolean flag
+            if value is not None and value.lower() not in _argv.TRUE_WORDS:
+                dropped.append(name)
+                continue
+            value = None
+        out.append((to, value))
+    return out, dropped
+
+
+def globals_for_runsc(globals_):
+    """runc's global flags as runsc takes them: (rendered argv, dropped names). Pure."""
+    pairs, dropped = _flags(globals_, GLOBALS, "runsc")
+    return _argv._render_flags(pairs), dropped
+
+
+def to_runsc(inv):
+    """A parsed runc create/run/checkpoint/restore as runsc argv: (argv, dropped). Pure.
+    Raises GritError for a flag runsc cannot honour."""
+    table = TABLES.get(inv.command)
+    if table is None:
+        raise _argv.ArgvError("no runsc translation for %r" % (inv.command,))
+    g, gdropped = globals_for_runsc(inv.globals)
+    flags, dropped = _flags(inv.flags, table, "%s of %s" % (inv.command, inv.container_id))
+    out = g + [inv.command] + _argv._render_flags(flags)
+    if any(a.startswith("-") for a in inv.args):
+        out.append("--")
+    return out + list(inv.args), gdropped + dropped
+
+
+def create_to_restore(inv, image_path, detach=True):
+    """A parsed runc create (or run) as `runsc restore` from image_path: (argv, dropped). Pure."""
+    if inv.command not in ("create", "run"):
+        raise _argv.ArgvError("not a create or run command: %r" % (inv.command,))
+    if len(inv.args) != 1:
+        raise _argv.ArgvError("%s needs exactly one container id, got %d"
+                              % (inv.command, len(inv.args)))
+    g, gdropped = globals_for_runsc(inv.globals)
+    keep = [(n, v) for n, v in inv.flags if n != "detach"]
+    flags, dropped = _flags(keep, RESTORE, "restore of %s" % inv.args[0])
+    if inv.command == "create" or detach:
+        flags.insert(0, ("detach", None))
+    flags.append(("image-path", image_path))
+    return g + ["restore"] + _argv._render_flags(flags) + [inv.args[0]], gdropped + dropped
+
+
+def check_images(image_dir):
+    """A gVisor image dir: only regular files (and dirs), a checkpoint.img with gVisor's magic."""
+    try:
+        names = os.listdir(image_dir)
+    except OSError as e:
+        raise GritError("restore source %s: %s" % (image_dir, e.strerror), kind="source") from None
+    for name in names:
+        st = os.lstat(os.path.join(image_dir, name))
+        if stat.S_ISLNK(st.st_mode):
+            raise GritError("restore source %s: %s is a symlink; refused" % (image_dir, name),
+                            kind="source")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise GritError("restore source %s: %s is not a regular file" % (image_dir, name),
+                            kind="source")
+    if IMAGE not in names:
+        raise GritError("restore source %s: not a gVisor (runsc) image dir (no %s)"
+                        % (image_dir, IMAGE), kind="source")
+    with open(os.path.join(image_dir, IMAGE), "rb") as f:
+        head = f.read(len(MAGIC))
+    if head != MAGIC:
+        raise GritError("restore source %s: corrupt %s (no gVisor state-file magic)"
+                        % (image_dir, IMAGE), kind="source")
+
+
+# --- checkpoint --------------------------------------------------------------------------
+
+def checkpoint(inv, conf, log, rt, info):
+    """`checkpoint` of a runsc container, with the CUDA two-step inside the sandbox."""
+    from runc_grit import manifest, procs, sandbox_cuda
+    from runc_grit import spec as _spec
+    from runc_grit.state import ContainerState
+    cid = inv.container_id
+    image_dir = os.path.abspath(inv.value("image-path") or os.path.join(os.getcwd(), "checkpoint"))
+    flags = [(n, v) for n, v in inv.flags if n != "image-path"] + [("image-path", image_dir)]
+    # refuses pre-dump & co. before anything happens
+    rargs, dropped = to_runsc(_argv.Invocation(inv.globals, inv.command, flags, inv.args))
+    for flag in dropped:
+        log.debug("runsc checkpoint has no --%s; dropped" % flag)
+    leave_running = inv.has("leave-running")
+    st = ContainerState(conf.state_dir, cid)
+    had_state = st.exists()
+    bundle = info.get("bundle")
+    try:
+        spec = _spec.load(bundle) if bundle else {}
+    except GritError:
+        spec = {}
+    with st:
+        try:
+            os.makedirs(image_dir, mode=0o700, exist_ok=True)
+            manifest.remove(image_dir)
+        except OSError as e:
+            raise GritError("checkpoint of %s: image dir %s: %s; the container was not "
+                            "checkpointed and keeps running" % (cid, image_dir, e.strerror),
+                            kind="checkpoint") from None
+        t0 = time.monotonic()
+        frozen, helper = [], None
+        if sandbox_cuda.wanted(conf, spec, rt.globals):
+            helper = sandbox_cuda.SandboxHelper(rt, cid, conf.cuda.get("sandbox_helper"))
+            frozen = sandbox_cuda.freeze(helper, conf, log)
+        t1 = time.monotonic()
+        # if runc-grit dies now, the guard unfreezes the sandbox's CUDA processes
+        guard = (rt.guard_job("runsc-checkpoint", st, cuda_pids=frozen,
+                              sandbox_helper=helper.path) if frozen else None)
+        rc, _ = procs.run(rt.command(rargs), guard=guard)
+        dump_s = time.monotonic() - t1
+        if frozen and (rc != 0 or leave_running):
+            # the sandbox keeps running: its CUDA processes compute again
+            sandbox_cuda.unfreeze(helper, frozen, log)
+        if rc != 0:
+            if not had_state and rt.state(cid) is None:
+                st.remove()
+            from runc_grit.runclog import last_error
+            why = last_error(inv.global_value("log")) if inv.global_value("log") else None
+            raise GritError("checkpoint of %s failed; the container was not checkpointed and "
+                            "keeps running: %s" % (cid, why or "runsc exited with status %d" % rc),
+                            kind="checkpoint", exit_code=rc)
+        t2 = time.monotonic()
+        if bundle:
+            import shutil
+            try:
+                shutil.copyfile(os.path.join(bundle, "config.json"),
+                                os.path.join(image_dir, "spec.dump"))
+            except OSError:
+                pass
+        images = manifest.list_images(image_dir,
+                                      digest=(conf.verify == "digest" or bool(conf.signing_key)))
+        timings = {"checkpoint_s": dump_s, "cuda_freeze_s": t1 - t0,
+                   "manifest_s": time.monotonic() - t2}
+        m = manifest.build(
+            cid, info.get("annotations") or _spec.annotations(spec), bundle,
+            {"name": os.path.basename(rt.path), "path": rt.path,
+             "version": procs.version_of(rt.path, cache_dir=conf.state_dir)},
+            {"path": None, "version": None}, images, timings, leave_running=leave_running,
+            gpu=sandbox_cuda.manifest_section(helper, frozen) if helper else None)
+        if conf.signing_key:
+            from runc_grit import integrity
+            integrity.sign(m, integrity.load_key(conf.signing_key))
+        manifest.write(image_dir, m)
+        log.debug("runsc checkpoint of %s committed to %s (%d files, %.3fs, %d CUDA processes)"
+                  % (cid, image_dir, len(images), dump_s, len(frozen)))
+        if not leave_running and rt.state(cid) is None and not had_state:
+            st.remove()
+        return 0
+
+
+# --- restore-on-create -------------------------------------------------------------------
+
+def restore_on_create(inv, args, conf, log, rt, st, bundle, spec, req, fresh=None):
+    """create -> `runsc restore --detach` from req's images; then CUDA unfrozen in the sandbox.
+    fresh(why): the caller's policy-'fresh' fallback (None: policy 'fail')."""
+    from runc_grit import compat, procs, sandbox_cuda, source
+    cid = st.id
+    try:
+        image_dir, m = source.validate(req.path, conf, image_format="gVisor")
+        compat.check(m, "restore source %s" % req.path, os.path.basename(rt.path), None,
+                     (spec.get("annotations") or {}))
+        cuda_pids = sandbox_cuda.pids_in(m)
+        if cuda_pids and conf.cuda.get("enabled") == "never":
+            raise GritError("checkpoint holds CUDA state but cuda.enabled is 'never' here",
+                            kind="gpu")
+        if (m or {}).get("gpu", {}).get("devices"):
+            from runc_grit import gpu
+            gpu.check_destination(m, conf, bundle)
+    except GritError as e:
+        if fresh:
+            return fresh("restore from %s refused: %s" % (req.path, e.message))
+        st.remove()
+        raise
+    detach = inv.command == "create" or inv.has("detach")
+    rargs, dropped = create_to_restore(inv, image_dir, detach=detach)
+    for flag in dropped:
+        log.debug("runsc restore has no --%s; dropped" % flag)
+    st.write({"id": cid, "bundle": bundle, "created": time.time(), "restored_from": image_dir,
+              "annotation": req.annotation, "phase": "restoring", "runtime": "runsc"})
+    t0 = time.monotonic()
+    rc, _ = procs.run(rt.command(rargs))
+    elapsed = time.monotonic() - t0
+    ok = rc == 0 and (not detach or rt.state(cid) is not None)
+    reason = None
+    if ok and detach and cuda_pids:
+        try:
+            helper = sandbox_cuda.SandboxHelper(rt, cid, conf.cuda.get("sandbox_helper"))
+            sandbox_cuda.thaw_restored(helper, cuda_pids, log)
+        except GritError as e:
+            ok, reason = False, "CUDA state not resumed: %s" % e.message
+    if ok:
+        st.update(phase="restored", restore_seconds=elapsed, cuda_pids=cuda_pids)
+        if inv.command == "create":
+            st.mark_restored()
+        log.debug("restored %s with runsc in %.3fs" % (cid, elapsed))
+        return 0 if detach else rc
+    if reason is None:
+        from runc_grit.runclog import last_error
+        log_path = inv.global_value("log")
+        reason = (last_error(log_path) if log_path else None) or "runsc exited with status %d" % rc
+    rt.force_delete(cid)
+    if fresh:
+        return fresh("restore from %s failed: %s" % (image_dir, reason))
+    st.remove()
+    raise GritError("restore from %s failed: %s" % (image_dir, reason), kind="restore")
+
+
+# --- restore (called directly) -----------------------------------------------------------
+
+def restore(inv, conf, log, rt, st, bundle):
+    """`restore` called directly (e.g. by containerd): translated for runsc; the CUDA
+    processes the image's manifest names are unfrozen afterwards."""
+    from runc_grit import manifest, procs, sandbox_cuda
+    cid = st.id
+    rargs, dropped = to_runsc(inv)
+    for flag in dropped:
+        log.debug("runsc restore has no --%s; dropped" % flag)
+    image_dir = os.path.abspath(inv.value("image-path") or os.path.join(os.getcwd(), "checkpoint"))
+    try:
+        cuda_pids = sandbox_cuda.pids_in(manifest.load(image_dir))
+    except GritError:
+        cuda_pids = []
+    st.write({"id": cid, "bundle": bundle, "created": time.time(), "restored_from": image_dir,
+              "phase": "restoring", "runtime": "runsc"})
+    rc, _ = procs.run(rt.command(rargs))
+    if rc == 0 and cuda_pids and rt.state(cid) is not None:
+        try:
+            sandbox_cuda.thaw_restored(
+                sandbox_cuda.SandboxHelper(rt, cid, conf.cuda.get("sandbox_helper")),
+                cuda_pids, log)
+        except GritError as e:
+            rt.force_delete(cid)
+            st.remove()
+            raise GritError("restore of %s: CUDA state not resumed: %s" % (cid, e.message),
+                            kind="restore") from None
+    if rc == 0:
+        st.update(phase="restored")
+    elif rt.state(cid) is None:
+        st.remove()
+    return rc
