@@ -38,6 +38,13 @@ def run_checks():
     rt = fastconf.which(conf.runtime)
     checks.append(Check("runtime", rt is not None,
                         "%s %s" % (rt, procs.version_of(rt)) if rt else "%s not found" % conf.runtime))
+    if rt is not None:
+        from runc_grit import runtimes
+        strat = runtimes.for_path(rt)
+        why = strat.checkpoint_problem()
+        checks.append(Check("checkpoint/restore", why is None,
+                            "%s strategy, %s images" % (strat.name, strat.image_format)
+                            if why is None else why, blocker=False))
     criu = fastconf.which(conf.criu)
     ver = procs.version_of(criu) if criu else None
     checks.append(Check("criu >= 4.1", criu is not None and _version_tuple(ver) >= (4, 1),

@@ -62,7 +62,10 @@ def inspect(image_dir, conf, runtime_name, criu_version):
     here = compat.here(runtime_name, criu_version)
     rep["compatible"] = compat.problems(m, here, {})
     rep["problems"] += rep["compatible"]
-    rep["tree"], note = _process_tree(image_dir)
+    if compat.image_format((m.get("runtime") or {}).get("name")) == "gVisor":
+        rep["tree"], note = None, "gVisor image: the processes are inside checkpoint.img"
+    else:
+        rep["tree"], note = _process_tree(image_dir)
     if note:
         rep["tree_note"] = note
     return rep
@@ -81,7 +84,8 @@ def render(rep):
     lines += [
         "container   %s, checkpointed %s" % (rep["container"], rep["created"]),
         "made with   %s %s, CRIU %s, kernel %s" % (
-            rep["runtime"].get("name"), rep["runtime"].get("version"), rep["criu"].get("version"),
+            rep["runtime"].get("name"), rep["runtime"].get("version"),
+            rep["criu"].get("version") or "none",
             (rep.get("node") or {}).get("kernel")),
         "images      %d files, %.1f MB, %s; %s" % (
             img["files"], img["bytes"] / 1e6, "sha256 listed" if img["digests"] else "sizes only",
@@ -89,7 +93,10 @@ def render(rep):
         "signature   %s" % sig_text,
     ]
     g = rep.get("gpu")
-    if g and g.get("processes"):
+    if g and g.get("in_sandbox"):
+        lines.append("GPUs        %d CUDA process(es) frozen inside the gVisor sandbox (%s)"
+                     % (len(g.get("processes") or []), g.get("helper")))
+    elif g and g.get("processes"):
         lines.append("GPUs        %s, driver %s; %d CUDA process(es), %.1f GB VRAM" % (
             ", ".join(d.get("name", d["uuid"]) for d in g.get("devices") or []) or "?",
             g.get("driver_version"), len(g["processes"]),

@@ -356,6 +356,10 @@ def test_runsc_cuda_two_step_with_fake_helper(renv):
     m = json.load(open(os.path.join(img, "grit-manifest.json")))
     pids = [x["pid"] for x in m["gpu"]["processes"]]
     assert len(pids) == 2 and m["gpu"]["in_sandbox"] is True, m["gpu"]
+    rep = subprocess.run(e.grit.argv0 + ["inspect", img], env=e.grit.env, capture_output=True,
+                         timeout=60).stdout.decode()
+    assert "2 CUDA process(es) frozen inside the gVisor sandbox" in rep, rep
+    assert "gVisor image" in rep and "this node   can restore it" in rep, rep
 
     b2 = e.gpu_bundle("dst")
     with open(os.path.join(b2, "config.json")) as f:

@@ -54,15 +54,17 @@ def test_crun_lifecycle_and_checkpoint(workdir):
     distro's crun can (refused clearly without +CRIU, the container untouched)."""
     ref, e = _crun_envs(workdir)
     # can crun itself run a container here? (it cannot on hybrid cgroup hosts)
-    probe = e.bundle("probe")
+    probe = e.bundle("probe", args=["true"])
     root = os.path.join(workdir, "crun-probe")
-    r = subprocess.run(["crun", "--root", root, "run", "-d", "--bundle", probe, "probe"],
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, timeout=60)
+    with open(os.path.join(workdir, "crun-probe.err"), "w+b") as err:  # not a pipe: the
+        r = subprocess.run(["crun", "--root", root, "run", "--bundle", probe, "probe"],  # child
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,  # keeps it
+                           stderr=err, timeout=60)
+        err.seek(0)
+        why = err.read().decode(errors="replace").strip()[-200:]
     subprocess.run(["crun", "--root", root, "delete", "--force", "probe"], capture_output=True)
     if r.returncode != 0:
-        pytest.skip("crun itself cannot run a container on this host: %s"
-                    % r.stderr.decode(errors="replace").strip()[-200:])
+        pytest.skip("crun itself cannot run a container on this host: %s" % why)
     b = e.bundle("c")
     p, out = e.grit.create_with_pipes(b, "c")
     assert p.returncode == 0, e.grit.log_error(b)
@@ -95,7 +97,8 @@ def nvenv(tmp_path):
                     % (tmp_path / "state", ck))
     env = dict(os.environ, PATH="%s:%s" % (bindir, os.environ["PATH"]),
                RUNC_GRIT_CONFIG=str(conf), FAKE_RUNTIME_LOG=str(tmp_path / "calls.jsonl"),
-               FAKE_RUNTIME_STATE_DIR=str(tmp_path), PYTHONPATH=REPO)
+               FAKE_RUNTIME_STATE_DIR=str(tmp_path),
+               PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
     return tmp_path, env
 
 

@@ -2,6 +2,7 @@
 # Runs the GPU tests and the GPU bench on the device machine (H100, Ubuntu, no network).
 # What it needs is carried in .carry/ (build it with bench/gpu/make_carry.sh): CRIU 4.1 with its libraries (from Debian 13),
 # Debian's runc deb, and wheels the image lacks (jsonschema and its deps).
+# `device_run.sh runtimes` also needs .carry/extra (crun, libyajl2, busybox-static, runsc .debs).
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 C=$PWD/.carry
@@ -18,6 +19,19 @@ export PYTHONPATH=/tmp/site:$PWD
 criu --version; criu check; runc --version | head -1; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -m runc_grit doctor
 MODE=${1:-tests}
+if [ "$MODE" = runtimes ]; then
+  # the other delegate runtimes on this host: Debian 12's crun (with libyajl2) and Debian 13's
+  # runsc from .carry/extra, static busybox for the test bundles
+  E=$C/extra
+  for d in "$E"/crun_*.deb "$E"/libyajl2_*.deb "$E"/runsc_*.deb; do dpkg -x "$d" /opt/rg/rt; done
+  printf '#!/bin/sh\nLD_LIBRARY_PATH=/opt/rg/rt/usr/lib/x86_64-linux-gnu exec /opt/rg/rt/usr/bin/crun "$@"\n' > /usr/local/bin/crun
+  chmod +x /usr/local/bin/crun
+  ln -sf /opt/rg/rt/usr/bin/runsc /usr/local/bin/runsc
+  dpkg -i --force-all "$E"/busybox-static_*.deb >/dev/null 2>&1 || true
+  stat -fc 'cgroup fs: %T' /sys/fs/cgroup; uname -r; crun --version | head -3; runsc --version | head -1
+  python3 -m pytest -v -p no:cacheprovider tests/test_runtimes.py tests/test_runsc.py \
+    ${PYTEST_K:+-k "$PYTEST_K"} 2>&1 | tee "$OUT/runtimes-tests.log"
+fi
 if [ "$MODE" = tests ] || [ "$MODE" = all ]; then
   python3 -m pytest -v -s -p no:cacheprovider tests/test_gpu_device.py ${PYTEST_K:+-k "$PYTEST_K"} 2>&1 | tee "$OUT/gpu-tests.log"
 fi
