@@ -9,8 +9,6 @@ import os
 import platform
 import time
 
-import jsonschema
-
 from runc_grit.config import load_schema
 from runc_grit.errors import GritError
 from runc_grit.fsutil import write_json_atomic
@@ -66,7 +64,8 @@ def build(container_id, annotations, bundle, runtime, criu, images, timings,
     }
     if gpu:
         m["gpu"] = gpu
-    validate(m, "new manifest")
+    # not validated here (jsonschema costs ~100 ms per checkpoint): every reader validates
+    # (load), and the tests validate what build() writes
     return m
 
 
@@ -83,6 +82,7 @@ def remove(image_dir):
 
 
 def validate(m, where):
+    import jsonschema
     schema = load_schema("manifest.schema.json")
     err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(m))
     if err is not None:

@@ -504,3 +504,60 @@ def test_runsc_killed_mid_checkpoint_leaves_nothing_frozen(renv):
     n = len(out.ints())
     assert out.wait_for(lambda r: len(r.ints()) >= n + 3), "the source stopped"
     assert e.grit.state("s1")["status"] == "running"
+
+
+# --- containerd's runc shim, runc-grit as its binary, runsc behind it ---------------------
+
+@pytest.fixture
+def ctrd_runsc(workdir):
+    from ctrd import Containerd, build_image_archive, grit_wrapper
+    if not shutil.which("containerd") or not shutil.which("runsc"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI lacks containerd or runsc")
+        pytest.skip("containerd or runsc not installed")
+    e = RunscEnv(workdir)
+    d = os.path.join(workdir, "ctd")
+    os.makedirs(d)
+    c = Containerd(d, e.env)
+    c.grit = e
+    c.wrapper = grit_wrapper(os.path.join(workdir, "runc-grit"))
+    p = c.ctr("images", "import", build_image_archive(os.path.join(workdir, "busybox.tar")))
+    assert p.returncode == 0, p.stderr
+    yield c
+    c.stop()
+    e.cleanup()
+
+
+@pytest.mark.integration
+def test_ctr_with_runsc_checkpoint_then_restore_by_annotation(ctrd_runsc, workdir):
+    """ctr run --runc-binary runc-grit, runc-grit runs runsc: the task runs in gVisor,
+    `ctr task checkpoint --exit` goes through `runsc checkpoint`, and a new task created with
+    the annotation continues the counter."""
+    from test_containerd import ctr_run, numbers, wait
+    c = ctrd_runsc
+    log1, log2 = os.path.join(workdir, "c1.log"), os.path.join(workdir, "c2.log")
+    p = ctr_run(c, "c1", log1)
+    assert p.returncode == 0, (p.stderr, c.log_tail())
+    assert wait(lambda: len(numbers(log1)) >= 5)
+    # it is gVisor's sandbox that runs it
+    st = subprocess.run(["runsc", "--root", "/run/containerd/runc/" + c.ns, "state", "c1"],
+                        capture_output=True, timeout=60)
+    assert json.loads(st.stdout)["status"] == "running", st.stderr
+    img = os.path.join(c.grit.ckroot, "c1")
+    p = c.ctr("task", "checkpoint", "--exit", "--image-path", img, "--work-path", img + "-w", "c1")
+    assert p.returncode == 0, p.stderr
+    man = json.load(open(os.path.join(img, "grit-manifest.json")))
+    assert man["runtime"]["name"] == "runsc" and man["container"]["id"] == "c1"
+    assert wait(lambda: c.tasks().get("c1") == "STOPPED")
+    before = numbers(log1)
+    p = ctr_run(c, "c2", log2, "--annotation", "grit.dev/restore-from=" + img)
+    assert p.returncode == 0, p.stderr
+    assert wait(lambda: len(numbers(log2)) >= 3)
+    after = numbers(log2)
+    assert after[0] == before[-1] + 1, (before[-3:], after[:3])
+    assert c.tasks()["c2"] == "RUNNING"
+    assert c.ctr("task", "kill", "-s", "SIGKILL", "c2").returncode == 0
+    assert wait(lambda: c.tasks().get("c2") == "STOPPED")
+    assert c.ctr("task", "delete", "c2").returncode == 0
+    assert c.ctr("container", "delete", "c2").returncode == 0
+    assert not os.path.exists(os.path.join(c.grit.state_dir, "c2"))

@@ -129,6 +129,30 @@ def test_fastconf_agrees_with_full_loader(tmp_path):
     assert fastconf.read(str(p))["runtime_flags"] == config.load(str(p)).runtime_flags
 
 
+def test_validated_config_is_cached_until_the_file_changes(tmp_path):
+    """A second load of an unchanged config skips YAML and jsonschema; an edit (even a bad
+    one) is seen at once."""
+    import subprocess
+    import sys
+    state = tmp_path / "state"
+    p = tmp_path / "c.yaml"
+    p.write_text("runtime: crun\nstate_dir: %s\ncuda: {lock_timeout_ms: 5}\n" % state)
+    first = config.load(str(p))
+    assert (state / config.CACHE).exists() and first.cuda["lock_timeout_ms"] == 5
+    code = ("import sys; from runc_grit import config; c = config.load(%r); "
+            "print(c.runtime, c.cuda['lock_timeout_ms'], 'yaml' in sys.modules, "
+            "'jsonschema' in sys.modules)" % str(p))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__)))))
+    assert out.stdout.split() == ["crun", "5", "False", "False"], out
+    p.write_text("runtime: crun\nstate_dir: %s\ncuda: {lock_timeout_ms: -1}\n" % state)
+    with pytest.raises(GritError, match="lock_timeout_ms"):
+        config.load(str(p))
+    p.write_text("runtime: runc\nstate_dir: %s\n" % state)
+    assert config.load(str(p)).runtime == "runc"
+
+
 # --- CRIU config --------------------------------------------------------------------------
 
 def test_criu_config_defaults_and_inherited(tmp_path):
