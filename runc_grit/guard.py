@@ -12,8 +12,9 @@ it is killed, the pipe just closes, and the guard rolls back what was in flight:
   restore     the half-restored container is removed: the group killed, `runtime delete
               --force`, every process left in its cgroup killed, runc-grit's state removed.
   runsc-checkpoint
-              runsc checkpoint is killed; if the sandbox still runs, the CUDA processes
-              frozen inside it are restored and unlocked again (runsc exec of the helper).
+              (a guarded block: pause, runsc checkpoint --leave-running, manifest, stop)
+              the manifest is removed; a sandbox runc-grit paused is resumed; the CUDA
+              processes frozen inside it are restored and unlocked (runsc exec of the helper).
 
   python -m runc_grit.guard JOB_JSON   (stdin: the pipe, "pgid N" then "ok"; run by procs.run)
 """
@@ -71,11 +72,12 @@ def rollback(job):
     from runc_grit.runtime import Runtime
     from runc_grit.state import ContainerState
     rt = Runtime.at(job["runtime"], job["globals"])
-    try:
-        os.killpg(job["pgid"], signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    _group_gone(job["pgid"])
+    if job["pgid"]:  # 0: a guarded block in runc-grit itself; its children died with it
+        try:
+            os.killpg(job["pgid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _group_gone(job["pgid"])
     st = ContainerState(os.path.dirname(job["state_dir"]), os.path.basename(job["state_dir"]))
     with st:
         record = {"rolled_back": job["kind"], "t": time.time()}
@@ -117,17 +119,29 @@ class _NoLog:
 
 
 def _runsc_unfreeze(rt, job):
-    from runc_grit import sandbox_cuda
+    from runc_grit import manifest, sandbox_cuda
+    out = {}
+    if job.get("image_dir"):
+        manifest.remove(job["image_dir"])  # runc-grit never reported it complete
     info = rt.state(job["cid"]) or {}
+    if info.get("status") == "paused" and not job.get("was_paused"):
+        rt.resume(job["cid"])
+        out["resumed"] = True
+        info = rt.state(job["cid"]) or {}
     if info.get("status") != "running":
-        return {"sandbox": info.get("status") or "gone"}
+        out["sandbox"] = info.get("status") or "gone"
+        return out
+    if not job.get("cuda_pids"):
+        return out
     helper = sandbox_cuda.SandboxHelper(rt, job["cid"], job.get("sandbox_helper"))
     try:
         left = sandbox_cuda.unfreeze(helper, job.get("cuda_pids") or [], _NoLog())
     except Exception as e:  # noqa: BLE001 - recorded; nothing else can act now
-        return {"cuda_error": str(e)}
-    return {"cuda_resumed": [p for p in job.get("cuda_pids") or [] if p not in left],
-            "cuda_left": left}
+        out["cuda_error"] = str(e)
+        return out
+    out.update(cuda_resumed=[p for p in job.get("cuda_pids") or [] if p not in left],
+               cuda_left=left)
+    return out
 
 
 def main(argv):

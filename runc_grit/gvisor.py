@@ -12,7 +12,6 @@ runsc flag, which are dropped (CRIU tuning runsc has no use for) and which are r
 A checkpoint is a directory holding checkpoint.img (gVisor's state file, magic "gVisorSF").
 """
 import os
-import stat
 import time
 
 from runc_grit import argv as _argv
@@ -111,18 +110,8 @@ def create_to_restore(inv, image_path, detach=True):
 
 def check_images(image_dir):
     """A gVisor image dir: only regular files (and dirs), a checkpoint.img with gVisor's magic."""
-    try:
-        names = os.listdir(image_dir)
-    except OSError as e:
-        raise GritError("restore source %s: %s" % (image_dir, e.strerror), kind="source") from None
-    for name in names:
-        st = os.lstat(os.path.join(image_dir, name))
-        if stat.S_ISLNK(st.st_mode):
-            raise GritError("restore source %s: %s is a symlink; refused" % (image_dir, name),
-                            kind="source")
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-            raise GritError("restore source %s: %s is not a regular file" % (image_dir, name),
-                            kind="source")
+    from runc_grit.source import check_entries
+    names = check_entries(image_dir)
     if IMAGE not in names:
         raise GritError("restore source %s: not a gVisor (runsc) image dir (no %s)"
                         % (image_dir, IMAGE), kind="source")
@@ -136,21 +125,30 @@ def check_images(image_dir):
 # --- checkpoint --------------------------------------------------------------------------
 
 def checkpoint(inv, conf, log, rt, info):
-    """`checkpoint` of a runsc container, with the CUDA two-step inside the sandbox."""
+    """`checkpoint` of a runsc container, with the CUDA two-step inside the sandbox.
+
+    A failed `runsc checkpoint` kills the sandbox (gVisor 20240729, ENOSPC for one), so
+    runc-grit never runs it on a live sandbox without --leave-running: it pauses the sandbox,
+    checkpoints it with --leave-running, writes the manifest, and only then stops the source
+    (without the caller's --leave-running: killed and deleted, as runc does after a dump) or
+    resumes it. Any failure before that resumes the sandbox and unfreezes its CUDA processes,
+    and so does runc_grit.guard if runc-grit dies inside the sequence."""
     from runc_grit import manifest, procs, sandbox_cuda
     from runc_grit import spec as _spec
     from runc_grit.state import ContainerState
     cid = inv.container_id
     image_dir = os.path.abspath(inv.value("image-path") or os.path.join(os.getcwd(), "checkpoint"))
-    flags = [(n, v) for n, v in inv.flags if n != "image-path"] + [("image-path", image_dir)]
+    leave_running = inv.has("leave-running")
+    flags = [(n, v) for n, v in inv.flags if n not in ("image-path", "leave-running")]
+    flags += [("leave-running", None), ("image-path", image_dir)]
     # refuses pre-dump & co. before anything happens
     rargs, dropped = to_runsc(_argv.Invocation(inv.globals, inv.command, flags, inv.args))
     for flag in dropped:
         log.debug("runsc checkpoint has no --%s; dropped" % flag)
-    leave_running = inv.has("leave-running")
     st = ContainerState(conf.state_dir, cid)
     had_state = st.exists()
     bundle = info.get("bundle")
+    was_paused = info.get("status") == "paused"
     try:
         spec = _spec.load(bundle) if bundle else {}
     except GritError:
@@ -166,52 +164,104 @@ def checkpoint(inv, conf, log, rt, info):
         t0 = time.monotonic()
         frozen, helper = [], None
         if sandbox_cuda.wanted(conf, spec, rt.globals):
+            if was_paused:
+                raise GritError("checkpoint of %s: the container is paused; resume it first (its "
+                                "CUDA processes must be frozen inside the running sandbox)" % cid,
+                                kind="checkpoint")
             helper = sandbox_cuda.SandboxHelper(rt, cid, conf.cuda.get("sandbox_helper"))
             frozen = sandbox_cuda.freeze(helper, conf, log)
         t1 = time.monotonic()
-        # if runc-grit dies now, the guard unfreezes the sandbox's CUDA processes
-        guard = (rt.guard_job("runsc-checkpoint", st, cuda_pids=frozen,
-                              sandbox_helper=helper.path) if frozen else None)
-        rc, _ = procs.run(rt.command(rargs), guard=guard)
-        dump_s = time.monotonic() - t1
-        if frozen and (rc != 0 or leave_running):
-            # the sandbox keeps running: its CUDA processes compute again
-            sandbox_cuda.unfreeze(helper, frozen, log)
-        if rc != 0:
-            if not had_state and rt.state(cid) is None:
-                st.remove()
-            from runc_grit.runclog import last_error
-            why = last_error(inv.global_value("log")) if inv.global_value("log") else None
-            raise GritError("checkpoint of %s failed; the container was not checkpointed and "
-                            "keeps running: %s" % (cid, why or "runsc exited with status %d" % rc),
-                            kind="checkpoint", exit_code=rc)
-        t2 = time.monotonic()
-        if bundle:
-            import shutil
+        job = rt.guard_job("runsc-checkpoint", st, cuda_pids=frozen, was_paused=was_paused,
+                           sandbox_helper=helper.path if helper else None, image_dir=image_dir)
+        with procs.guarded(job):
             try:
-                shutil.copyfile(os.path.join(bundle, "config.json"),
-                                os.path.join(image_dir, "spec.dump"))
-            except OSError:
-                pass
-        images = manifest.list_images(image_dir,
-                                      digest=(conf.verify == "digest" or bool(conf.signing_key)))
-        timings = {"checkpoint_s": dump_s, "cuda_freeze_s": t1 - t0,
-                   "manifest_s": time.monotonic() - t2}
-        m = manifest.build(
-            cid, info.get("annotations") or _spec.annotations(spec), bundle,
-            {"name": os.path.basename(rt.path), "path": rt.path,
-             "version": procs.version_of(rt.path, cache_dir=conf.state_dir)},
-            {"path": None, "version": None}, images, timings, leave_running=leave_running,
-            gpu=sandbox_cuda.manifest_section(helper, frozen) if helper else None)
-        if conf.signing_key:
-            from runc_grit import integrity
-            integrity.sign(m, integrity.load_key(conf.signing_key))
-        manifest.write(image_dir, m)
+                if not was_paused and rt.pause(cid) != 0:
+                    raise GritError("runsc pause %s failed" % cid, kind="checkpoint")
+                rc, _ = procs.run(rt.command(rargs))
+                dump_s = time.monotonic() - t1
+                if rc != 0:
+                    from runc_grit.runclog import last_error
+                    why = last_error(inv.global_value("log")) if inv.global_value("log") else None
+                    raise GritError(why or "runsc exited with status %d" % rc, kind="checkpoint",
+                                    exit_code=rc)
+                m = _commit(conf, rt, cid, info, spec, bundle, image_dir, leave_running, helper,
+                            frozen, {"checkpoint_s": dump_s, "cuda_freeze_s": t1 - t0})
+            except (GritError, OSError) as e:
+                manifest.remove(image_dir)
+                state = _release(rt, cid, was_paused, helper, frozen, log)
+                what = getattr(e, "message", None) or str(e)
+                raise GritError("checkpoint of %s failed; the container was not checkpointed %s: "
+                                "%s" % (cid, "and keeps running" if state == "running" else
+                                        "(it is %s now)" % (state or "gone"), what),
+                                kind="checkpoint",
+                                exit_code=getattr(e, "exit_code", None)) from None
+            if leave_running:
+                _release(rt, cid, was_paused, helper, frozen, log)
+            else:
+                _stop_source(rt, cid, info)
         log.debug("runsc checkpoint of %s committed to %s (%d files, %.3fs, %d CUDA processes)"
-                  % (cid, image_dir, len(images), dump_s, len(frozen)))
+                  % (cid, image_dir, len(m["images"]), dump_s, len(frozen)))
         if not leave_running and rt.state(cid) is None and not had_state:
             st.remove()
         return 0
+
+
+def _commit(conf, rt, cid, info, spec, bundle, image_dir, leave_running, helper, frozen,
+            timings):
+    """spec.dump and grit-manifest.json (last, atomically): the checkpoint is complete."""
+    from runc_grit import manifest, procs, sandbox_cuda
+    from runc_grit import spec as _spec
+    t = time.monotonic()
+    if bundle:
+        import shutil
+        try:
+            shutil.copyfile(os.path.join(bundle, "config.json"), os.path.join(image_dir, "spec.dump"))
+        except OSError:
+            pass
+    images = manifest.list_images(image_dir,
+                                  digest=(conf.verify == "digest" or bool(conf.signing_key)))
+    timings["manifest_s"] = time.monotonic() - t
+    m = manifest.build(
+        cid, info.get("annotations") or _spec.annotations(spec), bundle,
+        {"name": os.path.basename(rt.path), "path": rt.path,
+         "version": procs.version_of(rt.path, cache_dir=conf.state_dir)},
+        {"path": None, "version": None}, images, timings, leave_running=leave_running,
+        gpu=sandbox_cuda.manifest_section(helper, frozen) if helper else None)
+    if conf.signing_key:
+        from runc_grit import integrity
+        integrity.sign(m, integrity.load_key(conf.signing_key))
+    manifest.write(image_dir, m)
+    return m
+
+
+def _release(rt, cid, was_paused, helper, frozen, log):
+    """The sandbox computes again: resumed (unless it was paused before), CUDA unfrozen.
+    Returns its status."""
+    from runc_grit import sandbox_cuda
+    info = rt.state(cid) or {}
+    if info.get("status") == "paused" and not was_paused:
+        rt.resume(cid)
+        info = rt.state(cid) or {}
+    if frozen and info.get("status") == "running":
+        sandbox_cuda.unfreeze(helper, frozen, log)
+    return info.get("status")
+
+
+def _stop_source(rt, cid, info):
+    """After a complete checkpoint without --leave-running: the source goes, as runc's dump
+    ends it. Its sandbox process (the init pid containerd watches) is killed while still
+    paused, so nothing runs past the checkpoint; then the container is deleted (containerd's
+    later `delete` gets "does not exist", which it expects after a checkpoint)."""
+    import signal
+    pid = (rt.state(cid) or {}).get("pid") or info.get("pid")
+    if pid:
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                if f.read().startswith(b"runsc-sandbox"):
+                    os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    rt.force_delete(cid)
 
 
 # --- restore-on-create -------------------------------------------------------------------

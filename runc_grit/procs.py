@@ -97,6 +97,26 @@ def _tell(fd, text):
             pass
 
 
+class guarded:
+    """A guard over a whole sequence of steps in this process (not one child's group): if
+    runc-grit dies inside the block, runc_grit.guard rolls `job` back. Our children die with
+    us (PR_SET_PDEATHSIG), so there is no process group to kill ("pgid 0")."""
+
+    def __init__(self, job, env=None):
+        self.job, self.env, self.fd = job, env, None
+
+    def __enter__(self):
+        self.fd = _start_guard(self.job, self.env)
+        _tell(self.fd, "pgid 0\n")
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            _tell(self.fd, "ok\n")
+            os.close(self.fd)
+        return False
+
+
 def run(argv, env=None, quiet=False, capture=False, timeout=None, guard=None):
     """Run argv; return (returncode, stdout bytes or None).
     guard: a job for runc_grit.guard (kind, cid, state_dir, runtime, globals): argv then runs

@@ -46,8 +46,11 @@ class Logger:
         line = format_line(level, msg, self.fmt, **fields)
         if self.path and self.path != "/dev/stderr":
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
                 try:
+                    size = os.fstat(fd).st_size
+                    if size and os.pread(fd, 1, size - 1) != b"\n":
+                        line = "\n" + line  # runsc ends its JSON lines without one
                     os.write(fd, line.encode())
                 finally:
                     os.close(fd)
@@ -88,12 +91,17 @@ def last_error(path):
         if not line:
             continue
         if line.startswith("{"):
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("level") in ("error", "fatal"):
-                found = rec.get("msg")
+            # JSON objects, possibly several on a line (runsc writes no newline after its own)
+            dec, i = json.JSONDecoder(), 0
+            while i < len(line):
+                try:
+                    rec, i = dec.raw_decode(line, i)
+                except ValueError:
+                    break
+                while i < len(line) and line[i] in " \t":
+                    i += 1
+                if isinstance(rec, dict) and rec.get("level") in ("error", "fatal"):
+                    found = rec.get("msg")
         elif "level=error" in line or "level=fatal" in line:
             _, _, rest = line.partition("msg=")
             found = rest.strip().strip('"')

@@ -63,6 +63,10 @@ class Runtime:
     def quiet_globals(self):
         return _drop_log(self.globals)
 
+    def pause(self, cid):
+        return procs.run(self.argv(self.quiet_globals() + ["pause", cid]), quiet=True,
+                         timeout=60)[0]
+
     def resume(self, cid):
         """Thaw a paused (frozen) container."""
         return procs.run(self.argv(self.quiet_globals() + ["resume", cid]), quiet=True,

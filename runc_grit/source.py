@@ -91,8 +91,8 @@ def resolve(path, roots):
     return real
 
 
-def check_images(image_dir):
-    """Only regular files; an inventory with CRIU's magic."""
+def check_entries(image_dir):
+    """The names in an image dir, refusing symlinks and anything but files and dirs."""
     try:
         names = os.listdir(image_dir)
     except OSError as e:
@@ -105,6 +105,12 @@ def check_images(image_dir):
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             raise GritError("restore source %s: %s is not a regular file" % (image_dir, name),
                             kind="source")
+    return names
+
+
+def check_images(image_dir):
+    """Only regular files; an inventory with CRIU's magic."""
+    names = check_entries(image_dir)
     if INVENTORY not in names:
         raise GritError("restore source %s: not a CRIU image dir (no %s)" % (image_dir, INVENTORY),
                         kind="source")

@@ -345,6 +345,19 @@ def test_runc_log_json_and_last_error(tmp_path):
     assert runclog.last_error(p) == "runc-grit: restore from /x failed: boom second line"
 
 
+def test_runc_log_after_a_line_without_newline(tmp_path):
+    """runsc ends its JSON log lines without a newline: ours starts on a line of its own,
+    and last_error reads objects that share a line too."""
+    p = tmp_path / "log.json"
+    p.write_text('{"msg":"checkpoint failed: ENOSPC","level":"error","time":"t"}')
+    assert runclog.last_error(str(p)) == "checkpoint failed: ENOSPC"
+    runclog.Logger(str(p), "json").error("checkpoint of c failed")
+    lines = p.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["msg"] == "runc-grit: checkpoint of c failed"
+    p.write_text('{"msg":"a","level":"error"}{"msg":"b","level":"error"} {"msg":"c","level":"info"}')
+    assert runclog.last_error(str(p)) == "b"
+
+
 def test_runc_log_text_format(tmp_path):
     p = str(tmp_path / "log")
     runclog.Logger(p, "text").error("bad")
