@@ -131,16 +131,18 @@ def _runsc_unfreeze(rt, job):
     if info.get("status") != "running":
         out["sandbox"] = info.get("status") or "gone"
         return out
-    if not job.get("cuda_pids"):
+    if not job.get("sandbox_helper"):
         return out
-    helper = sandbox_cuda.SandboxHelper(rt, job["cid"], job.get("sandbox_helper"))
+    helper = sandbox_cuda.SandboxHelper(rt, job["cid"], job["sandbox_helper"])
     try:
-        left = sandbox_cuda.unfreeze(helper, job.get("cuda_pids") or [], _NoLog())
+        # whatever the helper reports locked or checkpointed: runc-grit may have died
+        # half-way through the freeze
+        pids = [p for p in helper.pids() if helper.state(p) in ("locked", "checkpointed")]
+        left = sandbox_cuda.unfreeze(helper, pids, _NoLog())
     except Exception as e:  # noqa: BLE001 - recorded; nothing else can act now
         out["cuda_error"] = str(e)
         return out
-    out.update(cuda_resumed=[p for p in job.get("cuda_pids") or [] if p not in left],
-               cuda_left=left)
+    out.update(cuda_resumed=[p for p in pids if p not in left], cuda_left=left)
     return out
 
 

@@ -169,11 +169,14 @@ def checkpoint(inv, conf, log, rt, info):
                                 "CUDA processes must be frozen inside the running sandbox)" % cid,
                                 kind="checkpoint")
             helper = sandbox_cuda.SandboxHelper(rt, cid, conf.cuda.get("sandbox_helper"))
-            frozen = sandbox_cuda.freeze(helper, conf, log)
-        t1 = time.monotonic()
-        job = rt.guard_job("runsc-checkpoint", st, cuda_pids=frozen, was_paused=was_paused,
+        # from here on, if runc-grit dies, the guard undoes what was done (it finds the frozen
+        # CUDA processes itself, so the freeze is covered too)
+        job = rt.guard_job("runsc-checkpoint", st, was_paused=was_paused,
                            sandbox_helper=helper.path if helper else None, image_dir=image_dir)
         with procs.guarded(job):
+            if helper:
+                frozen = sandbox_cuda.freeze(helper, conf, log)
+            t1 = time.monotonic()
             try:
                 if not was_paused and rt.pause(cid) != 0:
                     raise GritError("runsc pause %s failed" % cid, kind="checkpoint")

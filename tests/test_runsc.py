@@ -504,14 +504,27 @@ def test_runsc_failed_freeze_unfreezes_and_keeps_running(renv):
 
 
 @pytest.mark.integration
-def test_runsc_killed_mid_checkpoint_leaves_nothing_frozen(renv):
-    """runc-grit SIGKILLed while `runsc checkpoint` runs, after the CUDA freeze: the guard
-    kills the runsc call and unfreezes the sandbox's CUDA processes; the source keeps running
-    and the image dir is not a checkpoint."""
+@pytest.mark.parametrize("when", ["during runsc checkpoint", "half-way through the freeze"])
+def test_runsc_killed_mid_checkpoint_leaves_nothing_frozen(renv, when):
+    """runc-grit SIGKILLed while `runsc checkpoint` runs (the sandbox paused, both CUDA
+    processes frozen), or while the helper locks the second CUDA process: the guard resumes
+    the sandbox and unfreezes what was frozen; the source keeps running and the image dir is
+    not a checkpoint."""
     import signal
     e = renv
     e.use_recorder()
-    e.grit.env["RUNSC_STALL_CHECKPOINT"] = "60"
+    rec = os.path.dirname(e.record)
+    if when == "during runsc checkpoint":
+        e.grit.env["RUNSC_STALL_CHECKPOINT"] = "60"
+
+        def stalled():
+            return any(" checkpoint " in ln and "--image-path" in ln and " exec " not in ln
+                       for ln in e.calls())
+    else:
+        open(os.path.join(rec, "stall-second-lock"), "w").close()
+
+        def stalled():
+            return len([ln for ln in e.calls() if ln.startswith("cuda lock")]) == 2
     b = e.gpu_bundle("src")
     out = _start(e, b, "s1")
     assert out.wait_for(lambda r: len(r.ints()) >= 3)
@@ -520,11 +533,10 @@ def test_runsc_killed_mid_checkpoint_leaves_nothing_frozen(renv):
                          env=e.grit.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     try:
-        stalled = _wait(lambda: any(" checkpoint " in ln and "--image-path" in ln
-                                    and " exec " not in ln for ln in e.calls()), 30)
-        assert stalled, e.calls()
+        assert _wait(stalled, 30), e.calls()
         frozen = sorted({int(ln.split()[2]) for ln in e.calls() if ln.startswith("cuda checkpoint")})
-        assert len(frozen) == 2, e.calls()
+        assert len(frozen) == (2 if when == "during runsc checkpoint" else 1), e.calls()
+        frozen = sorted({int(ln.split()[2]) for ln in e.calls() if ln.startswith("cuda lock")})
         p.send_signal(signal.SIGKILL)
     finally:
         p.wait(30)
