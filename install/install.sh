@@ -55,6 +55,8 @@ if [ ! -e "$CONF" ]; then
   cat > "$CONF" <<'EOF'
 # runc-grit node configuration (keys: README.md, "Configuration")
 runtime: runc
+# gVisor instead (README.md, "gVisor (runsc)"): runtime: runsc, and the flags runsc needs
+# on every call as a one-line list, e.g. runtime_flags: [--nvproxy]
 criu: criu
 checkpoint_roots:
   - /var/lib/runc-grit/checkpoints
