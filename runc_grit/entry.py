@@ -62,8 +62,9 @@ def main(argv=None):
     if conf is None:
         from runc_grit.config import load
         conf = load().as_dict()
-    if cmd in ("start", "delete") and len(inv.args) == 1 and _valid_id(inv.args[0]):
-        if fastconf.is_dir(conf["state_dir"].rstrip("/") + "/" + inv.args[0]):
+    if cmd in ("start", "delete", "state") and len(inv.args) == 1 and _valid_id(inv.args[0]):
+        d = conf["state_dir"].rstrip("/") + "/" + inv.args[0]
+        if fastconf.is_dir(d) if cmd != "state" else fastconf.exists(d + "/stopped-by-checkpoint"):
             from runc_grit.lifecycle import dispatch
             return dispatch(inv, args)
     return passthrough(args, conf)

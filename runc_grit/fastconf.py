@@ -97,6 +97,10 @@ def _stat(path):
         return None
 
 
+def exists(path):
+    return _stat(path) is not None
+
+
 def is_dir(path):
     st = _stat(path)
     return st is not None and (st.st_mode & 0o170000) == 0o040000

@@ -146,7 +146,6 @@ def checkpoint(inv, conf, log, rt, info):
     for flag in dropped:
         log.debug("runsc checkpoint has no --%s; dropped" % flag)
     st = ContainerState(conf.state_dir, cid)
-    had_state = st.exists()
     bundle = info.get("bundle")
     was_paused = info.get("status") == "paused"
     try:
@@ -201,11 +200,9 @@ def checkpoint(inv, conf, log, rt, info):
             if leave_running:
                 _release(rt, cid, was_paused, helper, frozen, log)
             else:
-                _stop_source(rt, cid, info)
+                _stop_source(rt, st, info)
         log.debug("runsc checkpoint of %s committed to %s (%d files, %.3fs, %d CUDA processes)"
                   % (cid, image_dir, len(m["images"]), dump_s, len(frozen)))
-        if not leave_running and rt.state(cid) is None and not had_state:
-            st.remove()
         return 0
 
 
@@ -250,21 +247,33 @@ def _release(rt, cid, was_paused, helper, frozen, log):
     return info.get("status")
 
 
-def _stop_source(rt, cid, info):
+def _stop_source(rt, st, info):
     """After a complete checkpoint without --leave-running: the source goes, as runc's dump
     ends it. Its sandbox process (the init pid containerd watches) is killed while still
-    paused, so nothing runs past the checkpoint; then the container is deleted (containerd's
-    later `delete` gets "does not exist", which it expects after a checkpoint)."""
+    paused, so nothing runs past the checkpoint. runsc keeps calling the container "paused"
+    until a forced delete, which takes a second or more: runc-grit marks it, and then reports
+    it "stopped" and deletes it with --force when the caller asks (runc_grit.lifecycle)."""
     import signal
-    pid = (rt.state(cid) or {}).get("pid") or info.get("pid")
-    if pid:
-        try:
-            with open("/proc/%d/cmdline" % pid, "rb") as f:
-                if f.read().startswith(b"runsc-sandbox"):
-                    os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    rt.force_delete(cid)
+    from runc_grit.state import STOPPED_MARK
+    pid = (rt.state(st.id) or {}).get("pid") or info.get("pid")
+    if not pid:
+        return
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            if not f.read().startswith(b"runsc-sandbox"):
+                return
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        return
+    if not st.exists():
+        st.write({"id": st.id, "bundle": info.get("bundle"), "created": time.time(),
+                  "restored_from": None})
+    with open(st.path(STOPPED_MARK), "w"):
+        pass
+    from runc_grit.procs import alive
+    end = time.monotonic() + 5
+    while alive(pid) and time.monotonic() < end:
+        time.sleep(0.01)
 
 
 # --- restore-on-create -------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""`start` and `delete` of a container runc-grit holds state for.
+"""`start`, `delete` (and `state`) of a container runc-grit holds state for.
 
 start: after a restore-on-create the process already runs (runc restore --detach), so the
 first `start` succeeds without calling the runtime. Any other start goes to the runtime.
 delete: the runtime deletes the container, then runc-grit removes its state.
+A runsc container that a checkpoint stopped (its sandbox killed while paused) is reported
+"stopped" by `state`, and deleted with --force: runsc itself still calls it paused.
 """
 import os
 
@@ -11,7 +13,8 @@ from runc_grit import errors, procs
 from runc_grit.errors import GritError
 from runc_grit.runclog import Logger
 from runc_grit.runtime import Runtime
-from runc_grit.state import ContainerState
+from runc_grit import argv as _argv
+from runc_grit.state import STOPPED_MARK, ContainerState
 
 
 def dispatch(inv, args):
@@ -22,6 +25,11 @@ def dispatch(inv, args):
         rt = Runtime.for_invocation(conf, inv)
         if inv.command == "start":
             return start(st, rt, args, log)
+        if inv.command == "state":
+            return state(st, rt, args)
+        if os.path.exists(st.path(STOPPED_MARK)) and not inv.has("force"):
+            args = _argv.Invocation(inv.globals, inv.command, inv.flags + [("force", None)],
+                                    inv.args).render()
         return delete(st, rt, args)
     except GritError as e:
         log.error(e.message)
@@ -55,3 +63,21 @@ def delete(st, rt, args):
         if rc == 0 or rt.state(st.id) is None:
             st.remove()
         return rc
+
+
+def state(st, rt, args):
+    """The runtime's state, "stopped" for a runsc source a checkpoint ended."""
+    import json
+    import sys
+    rc, out = procs.run(rt.command(args), capture=True, timeout=60)
+    if rc != 0 or not out:
+        return rc or 1
+    try:
+        info = json.loads(out)
+    except ValueError:
+        sys.stdout.buffer.write(out)
+        return rc
+    if info.get("status") == "paused" and not procs.alive(info.get("pid")):
+        info["status"], info["pid"] = "stopped", 0
+    sys.stdout.write(json.dumps(info, indent=2) + "\n")
+    return 0

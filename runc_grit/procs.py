@@ -166,6 +166,16 @@ def run(argv, env=None, quiet=False, capture=False, timeout=None, guard=None):
     return proc.returncode, out
 
 
+def alive(pid):
+    """pid runs (exists and is not a zombie)."""
+    try:
+        with open("/proc/%d/stat" % int(pid), "rb") as f:
+            data = f.read()
+    except (OSError, ValueError, TypeError):
+        return False
+    return data[data.rfind(b")") + 2:][:1] not in (b"Z", b"X", b"")
+
+
 def version_of(binary, flag="--version", cache_dir=None):
     """First version-looking word of `binary --version` (runc, crun, runsc, criu).
     With cache_dir: remembered per binary (path, size, mtime) in cache_dir/versions.json,

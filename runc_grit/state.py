@@ -20,6 +20,9 @@ from runc_grit.fsutil import write_json_atomic
 
 ID_RE = re.compile(r"^[\w+\-.]+$")
 RESTORED_MARK = "restored"
+# runsc: the source of a checkpoint, its sandbox killed while paused; runsc still calls it
+# "paused" until a forced delete (which takes a second, so it is left to the caller's delete)
+STOPPED_MARK = "stopped-by-checkpoint"
 
 
 def check_id(cid):

@@ -155,3 +155,7 @@ class Containerd:
                 pass
         self.log.close()
         subprocess.run(["umount", "-R", os.path.join(self.dir, "root")], capture_output=True)
+        try:  # the runc shim's per-namespace root, empty once every task is deleted
+            os.rmdir(os.path.join("/run/containerd/runc", self.ns))
+        except OSError:
+            pass
