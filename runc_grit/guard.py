@@ -106,6 +106,7 @@ def rollback(job):
         else:
             state_json = _runc_state_json(job)
             rt.force_delete(job["cid"])
+            rt.release_restore_mounts(job["cid"])
             _kill_cgroup(state_json)
             st.remove()
     return record

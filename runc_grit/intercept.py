@@ -213,6 +213,7 @@ def _restore_on_create(inv, args, conf, log, rt, st, bundle, spec, req):
         return 0 if detach else rc
     reason = reason or _failure_reason(inv, work, rc)
     rt.force_delete(cid)
+    rt.release_restore_mounts(cid)
     if detach:
         procs.kill_adopted()  # tasks a killed or failed CRIU left behind
     if req.policy == "fresh":

@@ -79,10 +79,50 @@ class Runtime:
         job.update(extra)
         return job
 
+    def root(self):
+        """The runtime's --root (runc's default when not given)."""
+        root = None
+        g = self.globals
+        for i, tok in enumerate(g):
+            if tok == "--root" and i + 1 < len(g):
+                root = g[i + 1]
+            elif tok.startswith("--root="):
+                root = tok.split("=", 1)[1]
+        return root or "/run/runc"
+
+    def release_restore_mounts(self, cid):
+        """runc (1.1) bind-mounts the rootfs at <root>/<id>/criu-root for CRIU and leaves it
+        mounted when CRIU dies during a restore: unmount it (lazily) and remove the dirs, so a
+        failed restore leaves no mount behind. Returns True when something was unmounted."""
+        import ctypes
+        base = os.path.join(self.root(), cid)
+        path = os.path.realpath(os.path.join(base, "criu-root"))
+        if not _mounted(path):  # (a bind mount of the same fs: os.path.ismount misses it)
+            return False
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.umount2(path.encode(), 2)  # MNT_DETACH
+        for d in (path, base):
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+        return True
+
     def force_delete(self, cid):
         rc, _ = procs.run(self.argv(_drop_log(self.globals) + ["delete", "--force", cid]),
                           quiet=True, timeout=60)
         return rc
+
+
+def _mounted(path):
+    """Is path a mount point (per /proc/self/mountinfo)?"""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            points = [ln.split()[4] for ln in f if len(ln.split()) > 4]
+    except OSError:
+        return False
+    want = path.encode().replace(b"\\", b"\\134").replace(b" ", b"\\040")
+    return want in points
 
 
 def _drop_log(globals_):

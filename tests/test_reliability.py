@@ -250,6 +250,8 @@ def test_restore_fault_fails_cleanly_or_starts_fresh(workdir, fault, policy):
             assert not os.path.exists(os.path.join(e.state_dir, "dst"))
         time.sleep(0.5)
         assert token_procs(token) == [], "processes left behind"
+        with open("/proc/self/mountinfo") as f:  # runc's criu-root bind mount included
+            assert [ln for ln in f if e.root + "/" in ln] == [], "mounts left behind"
     finally:
         if fault == "unwritable pid file":
             subprocess.run(["umount", "-l", os.path.join(workdir, "ro")])
@@ -282,6 +284,8 @@ def test_runc_grit_killed_during_restore_create(workdir):
         time.sleep(0.1)
     assert token_procs(token) == [], "processes left behind"
     assert not os.path.exists(os.path.join(e.state_dir, "dst"))
+    with open("/proc/self/mountinfo") as f:  # runc's criu-root bind mount, which runc leaves
+        assert [ln for ln in f if e.root + "/" in ln] == [], "mounts left behind"
     for cmd in (["start", "dst"], ["state", "dst"], ["kill", "dst", "KILL"], ["delete", "dst"]):
         r = e.grit.run(b1, *cmd, timeout=30)
         assert r.returncode != 0, cmd  # the container does not exist, and says so
