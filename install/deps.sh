@@ -10,8 +10,8 @@ set -euo pipefail
 
 PREFIX=${RUNC_GRIT_CRIU_PREFIX:-/opt/runc-grit/criu}
 BIN=${RUNC_GRIT_BIN_DIR:-/usr/local/sbin}
-TRIXIE_MIRROR=${TRIXIE_MIRROR:-http://deb.debian.org/debian}
 export DEBIAN_FRONTEND=noninteractive
+. "$(dirname "$0")/trixie.sh"
 
 log() { printf '[deps] %s\n' "$*" >&2; }
 
@@ -45,24 +45,19 @@ if command -v criu >/dev/null 2>&1 && criu_ok "$(command -v criu)"; then
 else
   if [ ! -x "$PREFIX/usr/sbin/criu" ]; then
     log "fetching CRIU 4.1 from Debian 13 into $PREFIX"
-    work=$(mktemp -d); chmod 755 "$work"
-    trap 'rm -rf "$work"' EXIT
-    mkdir -p "$work/lists/partial" "$work/archives/partial" "$work/debs"
-    echo "deb $TRIXIE_MIRROR trixie main" > "$work/sources.list"
-    aopts=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
-           -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::archives=$work/archives"
-           -o APT::Architecture=amd64 -o Debug::NoLocking=1)
-    apt-get "${aopts[@]}" update -qq
+    trixie_begin
+    trap trixie_end EXIT
+    mkdir -p "$TRIXIE_WORK/debs"
     # criu, its libraries, and the legacy xtables for CRIU's network lock, with all their
     # dependencies (libc6 included: trixie's loader and libc are used, not the system's).
-    pkgs=$(apt-cache "${aopts[@]}" depends --recurse --no-recommends --no-suggests \
+    pkgs=$(apt-cache "${TRIXIE_APT[@]}" depends --recurse --no-recommends --no-suggests \
              --no-conflicts --no-breaks --no-replaces --no-enhances \
              criu iptables python3-pycriu 2>/dev/null | grep -E '^[a-z0-9]' | grep -vE '^(python3|python3\.[0-9]+|python3-minimal|libpython3.*|debconf|perl.*|dpkg|install-info)$' | sort -u)
-    (cd "$work/debs" && apt-get "${aopts[@]}" download $pkgs >/dev/null 2>&1 || \
-       for p in $pkgs; do apt-get "${aopts[@]}" download "$p" >/dev/null 2>&1 || true; done)
+    (cd "$TRIXIE_WORK/debs" && apt-get "${TRIXIE_APT[@]}" download $pkgs >/dev/null 2>&1 || \
+       for p in $pkgs; do apt-get "${TRIXIE_APT[@]}" download "$p" >/dev/null 2>&1 || true; done)
     mkdir -p "$PREFIX"
-    for d in "$work"/debs/*.deb; do dpkg -x "$d" "$PREFIX"; done
-    rm -rf "$work"; trap - EXIT
+    for d in "$TRIXIE_WORK"/debs/*.deb; do dpkg -x "$d" "$PREFIX"; done
+    trixie_end; trap - EXIT
   fi
   L="$PREFIX/lib/x86_64-linux-gnu:$PREFIX/usr/lib/x86_64-linux-gnu"
   LD="$PREFIX/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
@@ -92,19 +87,7 @@ fi
 # checkpointctl (optional: `checkpointctl show` reads runc-grit's exported archives), also
 # from Debian 13 and run through the same loader as CRIU.
 if ! command -v checkpointctl >/dev/null 2>&1 && [ -x "$PREFIX/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" ]; then
-  if [ ! -x "$PREFIX/usr/bin/checkpointctl" ]; then
-    work=$(mktemp -d); chmod 755 "$work"
-    mkdir -p "$work/lists/partial" "$work/archives/partial" "$work/debs"
-    echo "deb $TRIXIE_MIRROR trixie main" > "$work/sources.list"
-    aopts=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
-           -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::archives=$work/archives"
-           -o APT::Architecture=amd64 -o Debug::NoLocking=1)
-    if apt-get "${aopts[@]}" update -qq 2>/dev/null && \
-       (cd "$work/debs" && apt-get "${aopts[@]}" download checkpointctl >/dev/null 2>&1); then
-      for d in "$work"/debs/*.deb; do dpkg -x "$d" "$PREFIX"; done
-    fi
-    rm -rf "$work"
-  fi
+  [ -x "$PREFIX/usr/bin/checkpointctl" ] || trixie_unpack "$PREFIX" checkpointctl || true
   if [ -x "$PREFIX/usr/bin/checkpointctl" ]; then
     L="$PREFIX/lib/x86_64-linux-gnu:$PREFIX/usr/lib/x86_64-linux-gnu"
     printf '#!/bin/sh\nexec "%s" --library-path "%s" "%s" "$@"\n' \
@@ -121,20 +104,7 @@ fi
 # none). A static binary: it is copied as it is, no loader needed.
 RUNSC_PREFIX=${RUNC_GRIT_RUNSC_PREFIX:-/opt/runc-grit/runsc}
 if ! command -v runsc >/dev/null 2>&1; then
-  if [ ! -x "$RUNSC_PREFIX/usr/bin/runsc" ]; then
-    work=$(mktemp -d); chmod 755 "$work"
-    mkdir -p "$work/lists/partial" "$work/archives/partial" "$work/debs"
-    echo "deb $TRIXIE_MIRROR trixie main" > "$work/sources.list"
-    aopts=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
-           -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::archives=$work/archives"
-           -o APT::Architecture=amd64 -o Debug::NoLocking=1)
-    if apt-get "${aopts[@]}" update -qq 2>/dev/null && \
-       (cd "$work/debs" && apt-get "${aopts[@]}" download runsc >/dev/null 2>&1); then
-      mkdir -p "$RUNSC_PREFIX"
-      for d in "$work"/debs/*.deb; do dpkg -x "$d" "$RUNSC_PREFIX"; done
-    fi
-    rm -rf "$work"
-  fi
+  [ -x "$RUNSC_PREFIX/usr/bin/runsc" ] || trixie_unpack "$RUNSC_PREFIX" runsc || true
   if [ -x "$RUNSC_PREFIX/usr/bin/runsc" ]; then
     mkdir -p "$BIN"
     ln -sf "$RUNSC_PREFIX/usr/bin/runsc" "$BIN/runsc"

@@ -22,14 +22,8 @@ done
 # for `device_run.sh runtimes`: Debian 12's crun and static busybox, Debian 13's runsc
 mkdir -p "$C/extra"
 (cd "$C/extra" && apt-get download crun libyajl2 busybox-static >/dev/null)
-if [ -x /opt/runc-grit/runsc/usr/bin/runsc ]; then
-  ( w=$(mktemp -d); mkdir -p "$w/lists/partial" "$w/archives/partial"
-    echo "deb http://deb.debian.org/debian trixie main" > "$w/sources.list"
-    o=(-o "Dir::Etc::SourceList=$w/sources.list" -o Dir::Etc::SourceParts=/dev/null
-       -o "Dir::State::Lists=$w/lists" -o "Dir::Cache::archives=$w/archives" -o Debug::NoLocking=1)
-    apt-get "${o[@]}" update -qq && cd "$C/extra" && apt-get "${o[@]}" download runsc >/dev/null
-    rm -rf "$w" )
-fi
+. install/trixie.sh
+trixie_fetch "$C/extra" runsc
 pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
   -d "$C/whl" jsonschema jsonschema-specifications referencing rpds-py nvidia-ml-py
 du -sh "$C"
