@@ -53,16 +53,9 @@ def _kill_cgroup(state_json):
                 pass
 
 
-def _runc_state_json(job):
-    root = None
-    g = job["globals"]
-    for i, tok in enumerate(g):
-        if tok == "--root" and i + 1 < len(g):
-            root = g[i + 1]
-        elif tok.startswith("--root="):
-            root = tok.split("=", 1)[1]
+def _runc_state_json(rt, cid):
     try:
-        with open(os.path.join(root or "/run/runc", job["cid"], "state.json")) as f:
+        with open(os.path.join(rt.root(), cid, "state.json")) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
@@ -104,7 +97,7 @@ def rollback(job):
             else:  # runc-grit held no state for this container before: leave none
                 st.remove()
         else:
-            state_json = _runc_state_json(job)
+            state_json = _runc_state_json(rt, job["cid"])
             rt.force_delete(job["cid"])
             rt.release_restore_mounts(job["cid"])
             _kill_cgroup(state_json)

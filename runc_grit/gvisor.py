@@ -16,6 +16,7 @@ import time
 
 from runc_grit import argv as _argv
 from runc_grit.errors import GritError
+from runc_grit.runclog import failure_reason
 
 IMAGE = "checkpoint.img"
 MAGIC = b"gVisorSF"
@@ -153,13 +154,7 @@ def checkpoint(inv, conf, log, rt, info):
     except GritError:
         spec = {}
     with st:
-        try:
-            os.makedirs(image_dir, mode=0o700, exist_ok=True)
-            manifest.remove(image_dir)
-        except OSError as e:
-            raise GritError("checkpoint of %s: image dir %s: %s; the container was not "
-                            "checkpointed and keeps running" % (cid, image_dir, e.strerror),
-                            kind="checkpoint") from None
+        manifest.prepare_dir(image_dir, "checkpoint of %s" % cid)
         t0 = time.monotonic()
         frozen, helper = [], None
         if sandbox_cuda.wanted(conf, spec, rt.globals):
@@ -182,10 +177,8 @@ def checkpoint(inv, conf, log, rt, info):
                 rc, _ = procs.run(rt.command(rargs))
                 dump_s = time.monotonic() - t1
                 if rc != 0:
-                    from runc_grit.runclog import last_error
-                    why = last_error(inv.global_value("log")) if inv.global_value("log") else None
-                    raise GritError(why or "runsc exited with status %d" % rc, kind="checkpoint",
-                                    exit_code=rc)
+                    raise GritError(failure_reason(inv.global_value("log"), rc, "runsc"),
+                                    kind="checkpoint", exit_code=rc)
                 m = _commit(conf, rt, cid, info, spec, bundle, image_dir, leave_running, helper,
                             frozen, {"checkpoint_s": dump_s, "cuda_freeze_s": t1 - t0})
             except (GritError, OSError) as e:
@@ -323,9 +316,7 @@ def restore_on_create(inv, args, conf, log, rt, st, bundle, spec, req, fresh=Non
         log.debug("restored %s with runsc in %.3fs" % (cid, elapsed))
         return 0 if detach else rc
     if reason is None:
-        from runc_grit.runclog import last_error
-        log_path = inv.global_value("log")
-        reason = (last_error(log_path) if log_path else None) or "runsc exited with status %d" % rc
+        reason = failure_reason(inv.global_value("log"), rc, "runsc")
     rt.force_delete(cid)
     if fresh:
         return fresh("restore from %s failed: %s" % (image_dir, reason))

@@ -307,13 +307,7 @@ def do_checkpoint(inv, args, conf, log):
     st = ContainerState(conf.state_dir, cid)
     had_state = st.exists()
     with st:
-        try:
-            os.makedirs(image_dir, mode=0o700, exist_ok=True)
-            manifest.remove(image_dir)
-        except OSError as e:
-            raise GritError("checkpoint of %s: image dir %s: %s; the container was not "
-                            "checkpointed and keeps running" % (cid, image_dir, e.strerror),
-                            kind="checkpoint") from None
+        manifest.prepare_dir(image_dir, "checkpoint of %s" % cid)
         gpu.reset_records(st)
         t0 = time.monotonic()
         rc, _ = procs.run(rt.command(_with_criu(conf, args)),

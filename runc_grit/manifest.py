@@ -73,6 +73,17 @@ def write(image_dir, manifest):
     write_json_atomic(os.path.join(image_dir, NAME), manifest, indent=1)
 
 
+def prepare_dir(image_dir, what):
+    """The image dir of a new dump: created (0700) if needed, its old manifest removed.
+    GritError (nothing was done to the container) when that fails."""
+    try:
+        os.makedirs(image_dir, mode=0o700, exist_ok=True)
+        remove(image_dir)
+    except OSError as e:
+        raise GritError("%s: image dir %s: %s; the container was not checkpointed and keeps "
+                        "running" % (what, image_dir, e.strerror), kind="checkpoint") from None
+
+
 def remove(image_dir):
     """Uncommit an image dir before a new dump goes into it."""
     try:

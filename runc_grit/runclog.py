@@ -78,6 +78,11 @@ class Logger:
         self.write("error", "runc-grit: " + msg, **fields)
 
 
+def failure_reason(log_path, rc, who="runtime"):
+    """Why a runtime call failed: its last error in the --log file, else its exit status."""
+    return (last_error(log_path) if log_path else None) or "%s exited with status %d" % (who, rc)
+
+
 def last_error(path):
     """The msg of the last error line in a runc log file (what containerd would show)."""
     try:

@@ -93,18 +93,13 @@ def freeze(helper, conf, log):
     what was frozen is unfrozen again and GritError says the container keeps running."""
     what = "checkpoint of %s" % helper.cid
     helper.require(what)
-    cuda = [p for p in helper.pids() if helper.state(p) is not None]
+    states = {p: helper.state(p) for p in helper.pids()}  # each one a `runsc exec`
+    cuda = [p for p, s in states.items() if s is not None]
     done = []
     try:
         for p in cuda:
             done.append(p)
-            s = helper.state(p)
-            if s == "running":
-                helper.lock(p, conf.cuda.get("lock_timeout_ms", 10000))
-                s = helper.state(p)
-            if s == "locked":
-                helper.checkpoint(p)
-                s = helper.state(p)
+            s = helper.suspend(p, conf.cuda.get("lock_timeout_ms", 10000), states[p])
             if s != "checkpointed":
                 raise GritError("CUDA process %d is %s, not checkpointed" % (p, s), kind="gpu")
     except GritError as e:
@@ -121,12 +116,7 @@ def unfreeze(helper, pids, log):
     bad = []
     for p in pids:
         try:
-            if helper.state(p) == "checkpointed":
-                helper.restore(p)
-            if helper.state(p) == "locked":
-                helper.unlock(p)
-            s = helper.state(p)
-            if s not in (None, "running"):
+            if helper.resume(p) not in (None, "running"):
                 bad.append(p)
         except GritError as e:
             log.warning("CUDA process %d in %s not resumed: %s" % (p, helper.cid, e.message))
@@ -145,12 +135,7 @@ def thaw_restored(helper, pids, log):
         if s is None:
             raise GritError("CUDA process %d of the checkpoint is not a CUDA process in the "
                             "restored sandbox" % p, kind="gpu")
-        if s == "checkpointed":
-            helper.restore(p)
-            s = helper.state(p)
-        if s == "locked":
-            helper.unlock(p)
-            s = helper.state(p)
+        s = helper.resume(p, s)
         if s != "running":
             raise GritError("CUDA process %d is %s after restore" % (p, s), kind="gpu")
     log.debug("CUDA unfrozen in %s: %s" % (helper.cid, ",".join(map(str, pids))))

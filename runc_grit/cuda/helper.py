@@ -27,6 +27,30 @@ class Helper:
     def unlock(self, pid):
         raise NotImplementedError
 
+    def suspend(self, pid, timeout_ms, state=None):
+        """Lock, then checkpoint, from wherever pid is (state: already asked). Returns the
+        state after: "checkpointed" unless a step could not be taken."""
+        s = self.state(pid) if state is None else state
+        if s == "running":
+            self.lock(pid, timeout_ms)
+            s = self.state(pid)
+        if s == "locked":
+            self.checkpoint(pid)
+            s = self.state(pid)
+        return s
+
+    def resume(self, pid, state=None):
+        """Restore, then unlock, from wherever pid is (state: already asked). Returns the
+        state after: "running" unless a step could not be taken (None: not a CUDA process)."""
+        s = self.state(pid) if state is None else state
+        if s == "checkpointed":
+            self.restore(pid)
+            s = self.state(pid)
+        if s == "locked":
+            self.unlock(pid)
+            s = self.state(pid)
+        return s
+
 
 class BuiltinHelper(Helper):
     name = "builtin"
