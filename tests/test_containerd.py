@@ -231,7 +231,12 @@ def test_ctr_checkpoint_then_restore_by_annotation(ctrd, workdir):
     man = json.load(open(os.path.join(img, "grit-manifest.json")))  # it went through runc-grit
     assert man["container"]["id"] == "c1"
     assert c.tasks()["c1"] == "STOPPED"
-    before = numbers(log1)
+    restore_by_annotation_continues(c, img, numbers(log1), log2)
+
+
+def restore_by_annotation_continues(c, img, before, log2):
+    """`ctr run --annotation grit.dev/restore-from=IMG` as task c2: it continues the
+    counter at before[-1] + 1, runs, and is killed and deleted, leaving no runc-grit state."""
     p = ctr_run(c, "c2", log2, "--annotation", "grit.dev/restore-from=" + img)
     assert p.returncode == 0, p.stderr
     assert wait(lambda: len(numbers(log2)) >= 3)

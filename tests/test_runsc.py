@@ -157,9 +157,9 @@ class RunscEnv(Env):
         for c in json.loads(self.runc("list", "--format", "json").stdout or b"[]") or []:
             self.runc("delete", "--force", c["id"])
 
-    def gpu_bundle(self, name, helper=True, rootfs_from=None):
+    def gpu_bundle(self, name, helper=True, rootfs_from=None, annotations=None):
         b = self.bundle(name, args=["sh", "-c", WORKLOAD], rootfs_from=rootfs_from,
-                        env=("NVIDIA_VISIBLE_DEVICES=all",))
+                        annotations=annotations, env=("NVIDIA_VISIBLE_DEVICES=all",))
         with open(os.path.join(b, "config.json")) as f:
             spec = json.load(f)
         spec["mounts"].append({"destination": "/grit-rec", "type": "bind",
@@ -365,12 +365,7 @@ def test_runsc_cuda_two_step_with_fake_helper(renv):
     assert "2 CUDA process(es) frozen inside the gVisor sandbox" in rep, rep
     assert "gVisor image" in rep and "this node   can restore it" in rep, rep
 
-    b2 = e.gpu_bundle("dst")
-    with open(os.path.join(b2, "config.json")) as f:
-        spec = json.load(f)
-    spec["annotations"] = {"grit.dev/restore-from": img}
-    with open(os.path.join(b2, "config.json"), "w") as f:
-        json.dump(spec, f)
+    b2 = e.gpu_bundle("dst", annotations={"grit.dev/restore-from": img})
     p, out2 = e.grit.create_with_pipes(b2, "d1")
     assert p.returncode == 0, e.grit.log_error(b2)
     assert e.grit.run(b2, "start", "d1").returncode == 0
@@ -492,12 +487,7 @@ def test_runsc_failed_freeze_unfreezes_and_keeps_running(renv):
     # cleanly: the CUDA state would stay checkpointed
     p = _checkpoint(e, b, "s1", img)
     assert p.returncode == 0, e.grit.log_error(b)
-    b2 = e.gpu_bundle("dst", helper=False)
-    with open(os.path.join(b2, "config.json")) as f:
-        spec = json.load(f)
-    spec["annotations"] = {"grit.dev/restore-from": img}
-    with open(os.path.join(b2, "config.json"), "w") as f:
-        json.dump(spec, f)
+    b2 = e.gpu_bundle("dst", helper=False, annotations={"grit.dev/restore-from": img})
     p, _ = e.grit.create_with_pipes(b2, "d1")
     assert p.returncode != 0
     err = e.grit.log_error(b2)
@@ -586,7 +576,7 @@ def test_ctr_with_runsc_checkpoint_then_restore_by_annotation(ctrd_runsc, workdi
     """ctr run --runc-binary runc-grit, runc-grit runs runsc: the task runs in gVisor,
     `ctr task checkpoint --exit` goes through `runsc checkpoint`, and a new task created with
     the annotation continues the counter."""
-    from test_containerd import ctr_run, numbers, wait
+    from test_containerd import ctr_run, numbers, restore_by_annotation_continues, wait
     c = ctrd_runsc
     log1, log2 = os.path.join(workdir, "c1.log"), os.path.join(workdir, "c2.log")
     p = ctr_run(c, "c1", log1)
@@ -602,15 +592,4 @@ def test_ctr_with_runsc_checkpoint_then_restore_by_annotation(ctrd_runsc, workdi
     man = json.load(open(os.path.join(img, "grit-manifest.json")))
     assert man["runtime"]["name"] == "runsc" and man["container"]["id"] == "c1"
     assert wait(lambda: c.tasks().get("c1") == "STOPPED")
-    before = numbers(log1)
-    p = ctr_run(c, "c2", log2, "--annotation", "grit.dev/restore-from=" + img)
-    assert p.returncode == 0, p.stderr
-    assert wait(lambda: len(numbers(log2)) >= 3)
-    after = numbers(log2)
-    assert after[0] == before[-1] + 1, (before[-3:], after[:3])
-    assert c.tasks()["c2"] == "RUNNING"
-    assert c.ctr("task", "kill", "-s", "SIGKILL", "c2").returncode == 0
-    assert wait(lambda: c.tasks().get("c2") == "STOPPED")
-    assert c.ctr("task", "delete", "c2").returncode == 0
-    assert c.ctr("container", "delete", "c2").returncode == 0
-    assert not os.path.exists(os.path.join(c.grit.state_dir, "c2"))
+    restore_by_annotation_continues(c, img, numbers(log1), log2)
