@@ -131,8 +131,8 @@ def checkpoint(inv, conf, log, rt, info):
     A failed `runsc checkpoint` kills the sandbox (gVisor 20240729, ENOSPC for one), so
     runc-grit never runs it on a live sandbox without --leave-running: it pauses the sandbox,
     checkpoints it with --leave-running, writes the manifest, and only then stops the source
-    (without the caller's --leave-running: killed and deleted, as runc does after a dump) or
-    resumes it. Any failure before that resumes the sandbox and unfreezes its CUDA processes,
+    (without the caller's --leave-running: its sandbox killed, as runc's dump ends the tasks)
+    or resumes it. Any failure before that resumes the sandbox and unfreezes its CUDA processes,
     and so does runc_grit.guard if runc-grit dies inside the sequence."""
     from runc_grit import manifest, procs, sandbox_cuda
     from runc_grit import spec as _spec
@@ -202,28 +202,17 @@ def checkpoint(inv, conf, log, rt, info):
 def _commit(conf, rt, cid, info, spec, bundle, image_dir, leave_running, helper, frozen,
             timings):
     """spec.dump and grit-manifest.json (last, atomically): the checkpoint is complete."""
-    from runc_grit import manifest, procs, sandbox_cuda
+    from runc_grit import manifest, sandbox_cuda
     from runc_grit import spec as _spec
     t = time.monotonic()
-    if bundle:
-        import shutil
-        try:
-            shutil.copyfile(os.path.join(bundle, "config.json"), os.path.join(image_dir, "spec.dump"))
-        except OSError:
-            pass
-    images = manifest.list_images(image_dir,
-                                  digest=(conf.verify == "digest" or bool(conf.signing_key)))
+    manifest.save_spec(bundle, image_dir)
+    images = manifest.list_images(image_dir, digest=manifest.digests_wanted(conf))
     timings["manifest_s"] = time.monotonic() - t
     m = manifest.build(
         cid, info.get("annotations") or _spec.annotations(spec), bundle,
-        {"name": os.path.basename(rt.path), "path": rt.path,
-         "version": procs.version_of(rt.path, cache_dir=conf.state_dir)},
-        {"path": None, "version": None}, images, timings, leave_running=leave_running,
+        rt.describe(conf.state_dir), {"path": None, "version": None}, images, timings, leave_running=leave_running,
         gpu=sandbox_cuda.manifest_section(helper, frozen) if helper else None)
-    if conf.signing_key:
-        from runc_grit import integrity
-        integrity.sign(m, integrity.load_key(conf.signing_key))
-    manifest.write(image_dir, m)
+    manifest.commit(image_dir, m, conf)
     return m
 
 

@@ -223,16 +223,6 @@ def _restore_on_create(inv, args, conf, log, rt, st, bundle, spec, req):
     raise GritError("restore from %s failed: %s" % (image_dir, reason), kind="restore")
 
 
-def _save_spec(bundle, image_dir):
-    """spec.dump: the container's OCI spec, as Podman and checkpointctl keep it."""
-    if bundle:
-        import shutil
-        try:
-            shutil.copyfile(os.path.join(bundle, "config.json"), os.path.join(image_dir, "spec.dump"))
-        except OSError:
-            pass
-
-
 def _apply_rootfs_diff(image_dir, bundle, spec, log):
     """The files the source container had written into its rootfs, into the new rootfs."""
     from runc_grit import rootfsdiff
@@ -337,28 +327,22 @@ def do_checkpoint(inv, args, conf, log):
             return 0
         t1 = time.monotonic()
         diff = None
-        _save_spec(info.get("bundle"), image_dir)
+        manifest.save_spec(info.get("bundle"), image_dir)
         if info.get("rootfs"):
             from runc_grit import rootfsdiff
             diff = rootfsdiff.capture(info["rootfs"], image_dir)
-        images = manifest.list_images(image_dir,
-                                      digest=(conf.verify == "digest" or bool(conf.signing_key)))
+        images = manifest.list_images(image_dir, digest=manifest.digests_wanted(conf))
         timings = {"checkpoint_s": dump_s}
         timings.update(gpu.hook_timings(st))
         timings["manifest_s"] = time.monotonic() - t1
         m = manifest.build(
-            cid, info.get("annotations") or {}, info.get("bundle"),
-            {"name": os.path.basename(rt.path), "path": rt.path,
-             "version": procs.version_of(rt.path, cache_dir=conf.state_dir)},
+            cid, info.get("annotations") or {}, info.get("bundle"), rt.describe(conf.state_dir),
             {"path": conf.criu, "version": _criu_version(conf)},
             images, timings, leave_running=leave_running, gpu=gpu.manifest_section(st),
         )
         if diff is not None:
             m["rootfs_diff"] = {"entries": diff[0], "deleted": diff[1]}
-        if conf.signing_key:
-            from runc_grit import integrity
-            integrity.sign(m, integrity.load_key(conf.signing_key))
-        manifest.write(image_dir, m)
+        manifest.commit(image_dir, m, conf)
         log.debug("checkpoint of %s committed to %s (%d files, %.3fs)"
                   % (cid, image_dir, len(images), dump_s))
         if resumed:

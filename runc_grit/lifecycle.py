@@ -8,12 +8,12 @@ A runsc container that a checkpoint stopped (its sandbox killed while paused) is
 """
 import os
 
+from runc_grit import argv as _argv
 from runc_grit import config as _config
 from runc_grit import errors, procs
 from runc_grit.errors import GritError
 from runc_grit.runclog import Logger
 from runc_grit.runtime import Runtime
-from runc_grit import argv as _argv
 from runc_grit.state import STOPPED_MARK, ContainerState
 
 

@@ -69,6 +69,29 @@ def build(container_id, annotations, bundle, runtime, criu, images, timings,
     return m
 
 
+def digests_wanted(conf):
+    """List every image's sha256: asked for, or needed because the manifest is signed."""
+    return conf.verify == "digest" or bool(conf.signing_key)
+
+
+def save_spec(bundle, image_dir):
+    """spec.dump: the container's OCI spec, as Podman and checkpointctl keep it."""
+    if bundle:
+        import shutil
+        try:
+            shutil.copyfile(os.path.join(bundle, "config.json"), os.path.join(image_dir, "spec.dump"))
+        except OSError:
+            pass
+
+
+def commit(image_dir, manifest, conf):
+    """Signed (with the node's signing_key, if any), then written: the checkpoint is complete."""
+    if conf.signing_key:
+        from runc_grit import integrity
+        integrity.sign(manifest, integrity.load_key(conf.signing_key))
+    write(image_dir, manifest)
+
+
 def write(image_dir, manifest):
     write_json_atomic(os.path.join(image_dir, NAME), manifest, indent=1)
 

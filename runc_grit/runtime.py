@@ -46,6 +46,11 @@ class Runtime:
         """argv for one of the commands runc-grit handles: binary, runtime_flags, args."""
         return [self.path] + self.flags + list(args)
 
+    def describe(self, cache_dir=None):
+        """The runtime as a manifest records it: name, path, version."""
+        return {"name": os.path.basename(self.path), "path": self.path,
+                "version": procs.version_of(self.path, cache_dir=cache_dir)}
+
     def argv(self, args):
         return [self.path] + list(args)
 
