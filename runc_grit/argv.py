@@ -1,36 +1,93 @@
-"""runc's command line as data: an explicit table of global and per-command flags.
+"""runc's command line as data: explicit tables of global and per-command flags.
 
 This module is on the pass-through path, so it imports nothing. It parses argv the way
-runc's urfave/cli does (``--flag value``, ``--flag=value``, ``-flag`` with a single dash, short
-aliases, ``--`` ends flags), and renders a parsed invocation back to argv. The create -> restore
-rewrite is a pure function of argv.
+runc's urfave/cli (and crun's argp, runsc's Go flag package) do: ``--flag value``,
+``--flag=value``, ``-flag`` with a single dash, short aliases, ``--`` ends flags; and renders a
+parsed invocation back to argv. The create -> restore rewrite is a pure function of argv.
+
+The tables are the union of what runc 1.1-1.4, crun and runsc (gVisor) accept, so an argv
+meant for any of them parses. A flag the tables do not know is never an error here: it is
+kept, verbatim and in place, and recorded in ``Invocation.unknown_globals`` /
+``unknown_flags``. Its arity is taken from the tokens around it (a global flag followed by a
+command name takes no value; one followed by a word and then a command or a flag takes that
+word). A pass-through sends argv on unchanged whatever it holds; a restore-on-create refuses an
+argv with unknown command flags (``create_to_restore``) rather than guess what they mean.
 """
 
-# Flag tables, from runc 1.1/1.2 `--help`. Value: True when the flag takes a value.
-# Aliases map to their canonical long name.
-GLOBAL_FLAGS = {
+# Arity: True takes a value, False takes none, None: either, decided by the next tokens
+# (runc's --rootless takes true|false|auto, runsc's --rootless is a boolean).
+RUNC_GLOBALS = {  # runc 1.1, 1.2, 1.3, 1.4 (`runc --help`)
     "debug": False, "log": True, "log-format": True, "root": True, "criu": True,
     "systemd-cgroup": False, "rootless": True, "help": False, "version": False,
 }
-GLOBAL_ALIASES = {"h": "help", "v": "version"}
+CRUN_GLOBALS = {  # crun 1.8, 1.28 (`crun --help`)
+    "debug": False, "log": True, "log-format": True, "log-level": True, "root": True,
+    "rootless": True, "systemd-cgroup": False, "cgroup-manager": True, "help": False,
+    "usage": False, "version": False,
+}
+RUNSC_GLOBALS = {  # runsc (gVisor 20240729, `runsc flags`): Go flags, booleans take no value
+    "EXPERIMENTAL-xdp": True, "EXPERIMENTAL-xdp-need-wakeup": False,
+    "TESTONLY-afs-syscall-panic": False, "TESTONLY-allow-packet-endpoint-write": False,
+    "TESTONLY-autosave-image-path": True, "TESTONLY-autosave-resume": False,
+    "TESTONLY-test-name-env": True, "TESTONLY-unsafe-nonroot": False,
+    "allow-flag-override": False, "alsologtostderr": False, "app-huge-pages": False,
+    "buffer-pooling": False, "cgroupfs": False, "coverage-fd": True, "coverage-report": True,
+    "cpu-num-from-quota": False, "dcache": True, "debug": False, "debug-command": True,
+    "debug-log": True, "debug-log-fd": True, "debug-log-format": True,
+    "debug-to-user-log": False, "directfs": False, "enable-core-tags": False, "fdlimit": True,
+    "file-access": True, "file-access-mounts": True, "fsgofer-host-uds": False, "fuse": False,
+    "gso": False, "gvisor-gro": False, "host-fifo": True, "host-uds": True,
+    "ignore-cgroups": False, "iouring": False, "lisafs": False, "log": True, "log-fd": True,
+    "log-format": True, "log-packets": False, "metric-server": True,
+    "net-disconnect-ok": False, "net-raw": True, "network": True,
+    "network-processors-per-channel": True, "num-network-channels": True, "nvproxy": False,
+    "nvproxy-docker": True, "nvproxy-driver-version": True, "oci-seccomp": False,
+    "overlay": False, "overlay2": True, "panic-log": True, "panic-log-fd": True,
+    "panic-signal": True, "pcap-log": True, "platform": True, "platform_device_path": True,
+    "pod-init-config": True, "profile": False, "profile-block": True, "profile-cpu": True,
+    "profile-heap": True, "profile-mutex": True, "profiling-metrics": True,
+    "profiling-metrics-log": True, "profiling-metrics-rate-us": True, "qdisc": True,
+    "ref-leak-mode": True, "reproduce-nat": False, "reproduce-nftables": False, "root": True,
+    "rootless": False, "rx-checksum-offload": False, "software-gso": False, "strace": False,
+    "strace-event": False, "strace-log-size": True, "strace-syscalls": True,
+    "systemd-cgroup": False, "tpuproxy": False, "trace": True, "traceback": True,
+    "tx-checksum-offload": False, "version": False, "vfs2": False, "watchdog-action": True,
+}
 
+
+def _union(*tables):
+    out = {}
+    for t in tables:
+        for name, arity in t.items():
+            out[name] = arity if out.get(name, arity) == arity else None
+    return out
+
+
+GLOBAL_FLAGS = _union(RUNC_GLOBALS, CRUN_GLOBALS, RUNSC_GLOBALS)
+GLOBAL_ALIASES = {"h": "help", "v": "version", "V": "version", "?": "help"}
+
+# Per-command flags. create/run/restore/checkpoint: runc 1.1-1.4, plus crun's and runsc's.
+CREATE_FLAGS = {
+    "bundle": True, "console-socket": True, "pidfd-socket": True, "pid-file": True,
+    "no-pivot": False, "no-new-keyring": False, "preserve-fds": True,
+    "config": True,          # crun: -f/--config, the spec file in the bundle
+    "no-subreaper": False,   # crun
+    "user-log": True,        # runsc
+}
 COMMAND_FLAGS = {
-    "create": {
-        "bundle": True, "console-socket": True, "pidfd-socket": True, "pid-file": True,
-        "no-pivot": False, "no-new-keyring": False, "preserve-fds": True,
-    },
-    "run": {
-        "bundle": True, "console-socket": True, "pidfd-socket": True, "detach": False,
-        "keep": False, "pid-file": True, "no-subreaper": False, "no-pivot": False,
-        "no-new-keyring": False, "preserve-fds": True,
-    },
+    "create": CREATE_FLAGS,
+    "run": dict(CREATE_FLAGS, **{
+        "detach": False, "keep": False, "no-subreaper": False,
+        "exec-fd": True, "pass-fd": True,  # runsc
+    }),
     "restore": {
         "console-socket": True, "pidfd-socket": True, "image-path": True, "work-path": True,
         "tcp-established": False, "ext-unix-sk": False, "shell-job": False,
         "file-locks": False, "manage-cgroups-mode": True, "bundle": True, "detach": False,
         "pid-file": True, "no-subreaper": False, "no-pivot": False, "empty-ns": True,
         "auto-dedup": False, "lazy-pages": False, "lsm-profile": True,
-        "lsm-mount-context": True,
+        "lsm-mount-context": True, "tcp-close": False,
+        "direct": False, "background": False,  # runsc
     },
     "checkpoint": {
         "image-path": True, "work-path": True, "parent-path": True, "leave-running": False,
@@ -38,11 +95,12 @@ COMMAND_FLAGS = {
         "lazy-pages": False, "status-fd": True, "page-server": True, "file-locks": False,
         "pre-dump": False, "manage-cgroups-mode": True, "empty-ns": True,
         "auto-dedup": False, "tcp-skip-in-flight": False, "link-remap": False,
+        "compression": True, "direct": False, "exclude-committed": False,  # runsc
     },
     "start": {},
     "delete": {"force": False},
     "state": {},
-    "kill": {"all": False},
+    "kill": {"all": False, "pid": True},
     "list": {"format": True, "quiet": False},
     "ps": {"format": True},
     "pause": {},
@@ -57,8 +115,8 @@ COMMAND_FLAGS = {
     },
 }
 COMMAND_ALIASES = {
-    "create": {"b": "bundle"},
-    "run": {"b": "bundle", "d": "detach"},
+    "create": {"b": "bundle", "f": "config"},
+    "run": {"b": "bundle", "d": "detach", "f": "config"},
     "restore": {"b": "bundle", "d": "detach"},
     "delete": {"f": "force"},
     "kill": {"a": "all"},
@@ -67,6 +125,21 @@ COMMAND_ALIASES = {
     "exec": {"e": "env", "t": "tty", "u": "user", "g": "additional-gids", "p": "process",
              "d": "detach", "c": "cap"},
 }
+# Flags that take a value wherever they appear (rendered as `--name value`).
+_VALUED = frozenset(n for t in [GLOBAL_FLAGS] + list(COMMAND_FLAGS.values())
+                    for n, a in t.items() if a is True) - frozenset(
+    n for t in [GLOBAL_FLAGS] + list(COMMAND_FLAGS.values()) for n, a in t.items()
+    if a is not True)
+# Every command name runc, crun or runsc knows: a word after an unknown global flag that is
+# one of these is the command, not the flag's value.
+COMMANDS = frozenset(COMMAND_FLAGS) | frozenset((
+    "features", "spec", "update", "help", "h", "do", "flags", "debug", "wait", "port-forward",
+    "read-control", "write-control", "symbolize", "usage", "install", "uninstall", "mitigate",
+    "nvproxy", "trace", "boot", "gofer", "umount", "export-metrics", "metric-metadata",
+    "metric-server", "checkpoint", "mounts", "init",
+))
+# create/run/restore/checkpoint take exactly one argument, the container id.
+ONE_ID = frozenset(("create", "run", "restore", "checkpoint"))
 # Flags that may be given several times; their values accumulate.
 REPEATABLE = {"empty-ns", "env", "cap", "additional-gids"}
 
@@ -78,15 +151,18 @@ class ArgvError(ValueError):
 
 
 class Invocation:
-    """A parsed runc command line. ``flags`` keep their order and original spelling."""
+    """A parsed runc command line. ``flags`` keep their order and original spelling; an
+    unknown flag is kept as (its raw token, its value or None)."""
 
-    __slots__ = ("globals", "command", "flags", "args")
+    __slots__ = ("globals", "command", "flags", "args", "unknown_globals", "unknown_flags")
 
     def __init__(self, globals_=None, command=None, flags=None, args=None):
         self.globals = list(globals_ or [])  # [(name, value or None)]
         self.command = command
         self.flags = list(flags or [])        # [(name, value or None)]
         self.args = list(args or [])          # positionals after the command
+        self.unknown_globals = [n for n, _ in self.globals if n.startswith("-")]
+        self.unknown_flags = [n for n, _ in self.flags if n.startswith("-")]
 
     def __repr__(self):
         return "Invocation(%r, %r, %r, %r)" % (self.globals, self.command, self.flags, self.args)
@@ -137,47 +213,95 @@ def _last(pairs, name, default):
 
 
 def _render_flags(pairs):
+    """Flags as argv. A value flag's value is a token of its own (unless it looks like a
+    flag); a boolean's value is joined with '=': neither urfave/cli nor Go's flag package
+    reads `--debug false` as one flag. An unknown flag is its raw token."""
     out = []
     for name, value in pairs:
-        out.append("--" + name)
-        if value is not None:
-            out.append(value)
+        if name.startswith("-"):
+            out.append(name)
+            if value is not None:
+                out.append(value)
+        elif value is None:
+            out.append("--" + name)
+        elif name in _VALUED and not value.startswith("-"):
+            out += ["--" + name, value]
+        else:
+            out.append("--%s=%s" % (name, value))
     return out
 
 
 def _split_flag(token, table, aliases):
-    """'--log=x' -> ('log', 'x'); '-d' -> ('detach', None). None if not a known flag."""
+    """'--log=x' -> ('log', 'x', True); '-d' -> ('detach', None, True); an unknown flag ->
+    (token, None, False): the raw token, its inline value left in it."""
     body = token[2:] if token.startswith("--") else token[1:]
     name, eq, inline = body.partition("=")
     name = aliases.get(name, name)
     if name not in table:
-        return None
-    return name, (inline if eq else None)
+        return token, None, False
+    return name, (inline if eq else None), True
 
 
-def _parse_flags(tokens, i, table, aliases, strict):
-    """Consume flags from tokens[i:]; return (pairs, next index)."""
-    pairs = []
-    n = len(tokens)
+def _is_flag(tok):
+    return tok.startswith("-") and tok not in ("-", "--")
+
+
+def _global_takes_value(tokens, i):
+    """Does the global flag at tokens[i] (no inline value, arity unknown) take tokens[i+1]?
+    Not when that is a flag or a command name; otherwise it is its value."""
+    nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+    return nxt is not None and not nxt.startswith("-") and nxt not in COMMANDS
+
+
+def _flag_takes_value(tokens, i, one_id):
+    """Does the command flag at tokens[i] (unknown) take tokens[i+1]? For commands with one
+    positional (the id): yes when another token follows that word."""
+    nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+    if nxt is None or nxt.startswith("-"):
+        return False
+    return one_id and i + 2 < len(tokens)
+
+
+def _parse_globals(tokens):
+    pairs, i, n = [], 0, len(tokens)
     while i < n:
         tok = tokens[i]
-        if tok == "--" or not tok.startswith("-") or tok == "-":
+        if not _is_flag(tok):
             break
-        split = _split_flag(tok, table, aliases)
-        if split is None:
-            if strict:
-                raise ArgvError("flag provided but not defined: %s" % tok)
-            break
-        name, inline = split
-        if table[name]:
-            if inline is None:
-                if i + 1 >= n:
-                    raise ArgvError("flag needs an argument: %s" % tok)
-                inline = tokens[i + 1]
-                i += 1
+        name, inline, known = _split_flag(tok, GLOBAL_FLAGS, GLOBAL_ALIASES)
+        arity = GLOBAL_FLAGS.get(name) if known else None
+        if known and inline is not None:
             pairs.append((name, inline))
+        elif arity is False or (not known and "=" in tok):
+            pairs.append((name, inline))
+        elif arity is True or _global_takes_value(tokens, i):
+            if i + 1 >= n:
+                raise ArgvError("flag needs an argument: %s" % tok)
+            pairs.append((name, tokens[i + 1]))
+            i += 1
         else:
-            pairs.append((name, inline))
+            pairs.append((name, None))
+        i += 1
+    return pairs, i
+
+
+def _parse_flags(tokens, i, table, aliases, one_id):
+    """Consume command flags from tokens[i:]; return (pairs, next index)."""
+    pairs, n = [], len(tokens)
+    while i < n:
+        tok = tokens[i]
+        if not _is_flag(tok):
+            break
+        name, inline, known = _split_flag(tok, table, aliases)
+        if known and table[name] and inline is None:
+            if i + 1 >= n:
+                raise ArgvError("flag needs an argument: %s" % tok)
+            inline = tokens[i + 1]
+            i += 1
+        elif not known and "=" not in tok and _flag_takes_value(tokens, i, one_id):
+            inline = tokens[i + 1]
+            i += 1
+        pairs.append((name, inline))
         i += 1
     return pairs, i
 
@@ -185,58 +309,71 @@ def _parse_flags(tokens, i, table, aliases, strict):
 def parse(tokens):
     """Parse runc argv (without the program name).
 
-    Global flags are read with runc's table. An unknown global flag ends the parse with
-    command None (the runtime will report it). Command flags are parsed strictly only for
-    commands in COMMAND_FLAGS; urfave/cli stops at the first positional, and so do we.
+    Global and command flags are read with the tables above; unknown ones are kept. The
+    command is the first word after the global flags. urfave/cli stops at the first
+    positional, and so do we. ArgvError only when a flag that needs a value ends argv.
     """
     tokens = list(tokens)
-    globals_, i = _parse_flags(tokens, 0, GLOBAL_FLAGS, GLOBAL_ALIASES, strict=False)
+    globals_, i = _parse_globals(tokens)
     if i >= len(tokens) or tokens[i].startswith("-"):
+        if i < len(tokens) and tokens[i] == "--":
+            i += 1
         return Invocation(globals_, None, [], tokens[i:])
     command = tokens[i]
     i += 1
     table = COMMAND_FLAGS.get(command)
     if table is None:
         return Invocation(globals_, command, [], tokens[i:])
-    flags, i = _parse_flags(tokens, i, table, COMMAND_ALIASES.get(command, {}), strict=True)
+    flags, i = _parse_flags(tokens, i, table, COMMAND_ALIASES.get(command, {}),
+                            command in ONE_ID)
     if i < len(tokens) and tokens[i] == "--":
         i += 1
-    # urfave/cli v1 stops at the first positional: what follows are arguments.
     return Invocation(globals_, command, flags, tokens[i:])
 
 
 # --- create -> restore -------------------------------------------------------------------
 
 # Create flags that `restore` accepts under the same name.
-_CREATE_KEEPS = ("bundle", "console-socket", "pid-file", "no-pivot")
+_CREATE_KEEPS = ("bundle", "console-socket", "pid-file", "no-pivot", "no-subreaper")
 # Create flags `restore` does not have: dropped, and each one reported to the caller.
-_CREATE_DROPS = ("no-new-keyring", "preserve-fds", "pidfd-socket", "keep")
+_CREATE_DROPS = ("no-new-keyring", "preserve-fds", "pidfd-socket", "keep", "user-log")
+# Create flags whose meaning a restore cannot honour: the restore is refused.
+_CREATE_REFUSES = {
+    "config": "restore reads config.json of the bundle; a create with another spec file "
+              "(--config) cannot be restored",
+    "exec-fd": "runsc run --exec-fd has no restore equivalent",
+    "pass-fd": "runsc run --pass-fd has no restore equivalent",
+}
 
 
 def create_to_restore(inv, image_path, work_path=None, detach=True, extra=()):
     """Rewrite a parsed ``create`` (or ``run``) into restore argv. Pure.
 
     Returns (argv, dropped) where dropped lists the flags restore does not take.
-    Global flags are kept as they were. ``extra`` are restore flags to append
-    (e.g. ("--manage-cgroups-mode", "soft")).
+    Global flags are kept as they were, unknown ones too. A create flag this table does not
+    know is refused (ArgvError): its meaning for a restore is unknown. ``extra`` are restore
+    flags to append (e.g. ("--manage-cgroups-mode", "soft")).
     """
     if inv.command not in ("create", "run"):
         raise ArgvError("not a create or run command: %r" % (inv.command,))
     if len(inv.args) != 1:
         raise ArgvError("%s needs exactly one container id, got %d" % (inv.command, len(inv.args)))
+    if inv.unknown_flags:
+        raise ArgvError("%s flag %s is unknown to runc-grit, so it cannot be carried over to "
+                        "a restore" % (inv.command, ", ".join(inv.unknown_flags)))
     flags = []
     dropped = []
     for name, value in inv.flags:
+        if name in _CREATE_REFUSES:
+            raise ArgvError(_CREATE_REFUSES[name])
         if name in _CREATE_KEEPS:
-            flags.append((name, value))
-        elif name == "no-subreaper":
             flags.append((name, value))
         elif name == "detach":
             continue  # decided by `detach` below
         elif name in _CREATE_DROPS:
             dropped.append(name)
-        else:  # pragma: no cover - the table above lists every create/run flag
-            dropped.append(name)
+        else:  # pragma: no cover - the tables above place every create/run flag
+            raise ArgvError("%s flag --%s has no place in a restore" % (inv.command, name))
     if inv.command == "create" or detach:
         flags.insert(0, ("detach", None))
     flags.append(("image-path", image_path))

@@ -23,6 +23,30 @@ def operator_main(args):
         return 130
 
 
+def full_help(runtime, args):
+    """`runc-grit --help`: the delegate runtime's own help (what a runc user expects), then
+    runc-grit's commands."""
+    import subprocess
+    try:
+        p = subprocess.run([runtime] + list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, timeout=30)
+        out, rc = p.stdout, p.returncode
+    except (OSError, subprocess.TimeoutExpired) as e:
+        out, rc = ("runc-grit: cannot run %s: %s\n" % (runtime, e)).encode(), 127
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
+    ctx = click.Context(cli, info_name="runc-grit")
+    click.echo("\nrunc-grit %s wraps %s: every command above goes to it; create, run, "
+               "checkpoint and restore are\nextended (README.md). runc-grit's own commands:"
+               % (__version__, runtime))
+    width = max(len(n) for n in cli.list_commands(ctx))
+    for name in cli.list_commands(ctx):
+        cmd = cli.get_command(ctx, name)
+        click.echo("   %-*s  %s" % (width, name, cmd.get_short_help_str(80)))
+    click.echo("Run 'runc-grit COMMAND --help' for one of them.")
+    return rc
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="runc-grit")
 def cli():

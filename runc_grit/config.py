@@ -161,14 +161,15 @@ def load(path=None):
 
 
 def hook_script(conf):
-    """The CRIU action script every container's CRIU config names."""
+    """The CRIU action script every container's CRIU config names: the config's, else the
+    one inside this package (found the same way however runc-grit is installed: editable,
+    pip + launcher, console script)."""
     if conf.hook_script:
         return conf.hook_script
-    import sys
-    here = os.path.dirname(os.path.abspath(__file__))
-    for cand in (os.path.join(sys.prefix, "share", "runc-grit", "hooks", "grit-hook"),
-                 os.path.join(os.path.dirname(here), "hooks", "grit-hook")):
-        if os.path.isfile(cand):
-            return cand
-    raise GritError("CRIU action script hooks/grit-hook not found; set hook_script in the config",
-                    kind="config")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hooks", "grit-hook")
+    if not os.path.isfile(path):
+        raise GritError("CRIU action script %s not found; set hook_script in the config" % path,
+                        kind="config")
+    if not os.access(path, os.X_OK):
+        raise GritError("CRIU action script %s is not executable" % path, kind="config")
+    return path

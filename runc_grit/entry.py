@@ -15,6 +15,7 @@ INTERCEPTED = frozenset(("create", "run", "restore", "checkpoint"))
 # Operator commands: not runc's. `hook` is what the CRIU action script calls.
 OPERATOR = frozenset(("doctor", "demo", "cuda-checkpoint", "inspect", "export", "import",
                       "config", "hook", "gc"))
+HELP = (["--help"], ["-h"], ["help"], ["h"])
 
 
 def _valid_id(cid):
@@ -50,6 +51,9 @@ def main(argv=None):
     if args and args[0] in OPERATOR:
         from runc_grit.cli import operator_main
         return operator_main(args)
+    if args in HELP:  # the runtime's help, then runc-grit's own commands
+        from runc_grit.cli import full_help
+        return full_help(_runtime(fastconf.read() or fastconf.DEFAULTS), args)
     try:
         inv = _argv.parse(args)
     except _argv.ArgvError:

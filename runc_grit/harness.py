@@ -73,11 +73,12 @@ class Grit:
         return subprocess.run(self.argv(bundle, *args), stdin=stdin, stdout=stdout, stderr=stderr,
                               env=self.env, timeout=timeout)
 
-    def create_with_pipes(self, bundle, cid, extra=(), console_socket=None):
+    def create_with_pipes(self, bundle, cid, extra=(), console_socket=None, pid_file=None):
         """create like containerd: stdio are pipes. Returns (CompletedProcess, PipeReader)."""
         r_out, w_out = os.pipe()
         r_in, w_in = os.pipe()
-        args = ["create", "--bundle", bundle, "--pid-file", os.path.join(bundle, "init.pid")]
+        args = ["create", "--bundle", bundle, "--pid-file",
+                pid_file or os.path.join(bundle, "init.pid")]
         if console_socket:
             args += ["--console-socket", console_socket]
         args += list(extra) + [cid]

@@ -12,7 +12,7 @@ import sys
 import time
 
 from runc_grit import config as _config
-from runc_grit import criuconf, gpu
+from runc_grit import gpu
 from runc_grit.errors import GritError
 from runc_grit.state import ContainerState
 
@@ -56,9 +56,6 @@ def main():
         if action == "pre-dump" and init_pid:
             rec["cuda"] = gpu.pre_dump(int(init_pid), st, conf)
         elif action == "post-resume" and init_pid:
-            if st is not None:
-                # the restore is done: later dumps of this container use the plain config
-                criuconf.drop_restore_lines(st.path("criu.conf"))
             image_dir = os.environ.get("RUNC_GRIT_IMAGE_DIR") or os.environ.get("CRTOOLS_IMAGE_DIR")
             pairs = os.environ.get("RUNC_GRIT_DEVICE_PAIRS")
             rec["cuda"] = gpu.post_resume(int(init_pid), st, conf, image_dir,

@@ -56,14 +56,32 @@ def _exec(runtime, args):
     os.execv(runtime.path, runtime.command(args))
 
 
-def _prepare_spec(conf, st, bundle, spec, changes=(), restore_lines=()):
-    """Write the container's CRIU config and point the bundle's config.json at it."""
-    own = st.path("criu.conf")
+def _prepare_spec(conf, bundle, spec, spec_name, log, cgroups_mode=None):
+    """Point the bundle's config.json at the shared CRIU config (criuconf). The change is
+    the same for every container of the bundle, so config.json is written at most once, and
+    never when it already names that config. A bundle runc-grit cannot write keeps working
+    as with runc, without the action script (logged)."""
     ann = _spec.annotations(spec)
-    criuconf.write(own, st.id, _config.hook_script(conf), conf.criu_options,
-                   ann.get(_spec.CRIU_CONFIG_ANNOTATION), restore_lines)
-    _spec.apply(spec, [_spec.set_criu_config(own)] + list(changes))
-    _spec.save(bundle, spec)
+    user = criuconf.user_config(ann, conf.state_dir)
+    path = criuconf.ensure(conf.state_dir, _criu_config(conf, user, cgroups_mode))
+    changes = []
+    if ann.get(criuconf.ANNOTATION) != path:
+        changes.append(_spec.set_criu_config(path))
+    if user is not None and ann.get(criuconf.USER_ANNOTATION) != user:
+        changes.append(_spec.set_annotation(criuconf.USER_ANNOTATION, user))
+    if not changes:
+        return
+    _spec.apply(spec, changes)
+    try:
+        _spec.save(bundle, spec, spec_name)
+    except OSError as e:
+        log.warning("bundle %s: cannot write %s (%s); the container runs without runc-grit's "
+                    "CRIU action script" % (bundle, spec_name, e.strerror))
+
+
+def _criu_config(conf, user, cgroups_mode=None):
+    return criuconf.content(_config.hook_script(conf), conf.criu_options, user,
+                            conf.restore_cgroups if cgroups_mode is None else cgroups_mode)
 
 
 def _claim_state(rt, st):
@@ -116,11 +134,14 @@ def _criu_error(work_dir, names):
 
 def do_create(inv, args, conf, log):
     cid = inv.container_id
-    if len(inv.args) != 1 or not ID_RE.match(cid or "") or cid in (".", ".."):
-        return _passthrough(conf, args)
-    rt = Runtime.for_invocation(conf, inv)
     bundle = os.path.abspath(inv.value("bundle") or os.getcwd())
-    spec = _spec.load(bundle)
+    spec_name = inv.value("config") or "config.json"
+    if len(inv.args) != 1 or not ID_RE.match(cid or "") or cid in (".", ".."):
+        _refuse_if_restore(bundle, spec_name, conf, "%s needs one container id, got %r"
+                           % (inv.command, inv.args))
+        return _passthrough(conf, args)  # the runtime reports the usage error
+    rt = Runtime.for_invocation(conf, inv)
+    spec = _spec.load(bundle, spec_name)
     ann = _spec.annotations(spec)
     req = source.requested(ann, conf.on_restore_failure)
     st = ContainerState(conf.state_dir, cid)
@@ -132,8 +153,7 @@ def do_create(inv, args, conf, log):
             st.unlock()
             _exec(rt, create_args)  # the runtime reports "container exists"
         if not strategy.own_images:  # CRIU: the action script, through the CRIU config
-            _prepare_spec(conf, st, bundle, spec, restore_lines=criuconf.restore_options(
-                conf.restore_cgroups) if req else ())
+            _prepare_spec(conf, bundle, spec, spec_name, log)
         if req is None:
             st.write({"id": cid, "bundle": bundle, "created": time.time(), "restored_from": None})
             st.unlock()
@@ -148,6 +168,20 @@ def do_create(inv, args, conf, log):
         return _restore_on_create(inv, args, conf, log, rt, st, bundle, spec, req)
     finally:
         st.unlock()
+
+
+def _refuse_if_restore(bundle, spec_name, conf, why):
+    """An argv runc-grit cannot understand is never a silent fresh start: when its bundle
+    asks for a restore, it is refused."""
+    try:
+        req = source.requested(_spec.annotations(_spec.load(bundle, spec_name)),
+                               conf.on_restore_failure)
+    except GritError:
+        return
+    if req is not None:
+        raise GritError("%s asks for a restore from %s, but runc-grit cannot understand this "
+                        "command line (%s); refused" % (os.path.join(bundle, spec_name), req.path,
+                                                        why), kind="usage")
 
 
 def _fresh(log, rt, st, bundle, args, why):
@@ -181,7 +215,11 @@ def _restore_on_create(inv, args, conf, log, rt, st, bundle, spec, req):
     work = st.path("criu-work")
     os.makedirs(work, exist_ok=True)
     detach = inv.command == "create" or inv.has("detach")
-    rargs, dropped = _argv.create_to_restore(inv, image_dir, work, detach=detach)
+    try:
+        rargs, dropped = _argv.create_to_restore(inv, image_dir, work, detach=detach)
+    except _argv.ArgvError as e:
+        st.remove()
+        raise GritError("restore of %s from %s refused: %s" % (cid, req.path, e), kind="usage")
     rargs = _with_criu(conf, rargs)
     for flag in dropped:
         log.debug("restore has no --%s; dropped" % flag)
@@ -205,7 +243,6 @@ def _restore_on_create(inv, args, conf, log, rt, st, bundle, spec, req):
         if why:  # the tasks run, but their CUDA state is still checkpointed: not a restore
             ok, reason = False, "CUDA state not resumed: %s" % why
     if ok:
-        criuconf.drop_restore_lines(st.path("criu.conf"))
         st.update(phase="restored", restore_seconds=elapsed)
         if inv.command == "create":
             st.mark_restored()
@@ -256,15 +293,14 @@ def do_restore(inv, args, conf, log):
     with st:
         if not _claim_state(rt, st):
             _exec(rt, args)
-        own_mode = inv.has("manage-cgroups-mode")  # the caller chose; CRIU's config would win
-        _prepare_spec(conf, st, bundle, spec, restore_lines=() if own_mode else
-                      criuconf.restore_options(conf.restore_cgroups))
+        # the caller chose a cgroup mode: the CRIU config (which would win) names none
+        _prepare_spec(conf, bundle, spec, "config.json", log,
+                      "runtime" if inv.value("manage-cgroups-mode") else None)
         image_dir = inv.value("image-path") or os.path.join(os.getcwd(), "checkpoint")
         st.write({"id": cid, "bundle": bundle, "created": time.time(),
                   "restored_from": os.path.abspath(image_dir), "phase": "restoring"})
         rc, _ = procs.run(rt.command(_with_criu(conf, args)),
                           env=hook_env(conf, st, {"RUNC_GRIT_IMAGE_DIR": image_dir}))
-        criuconf.drop_restore_lines(st.path("criu.conf"))
         why = gpu.resume_failure(st, False) if rc == 0 else None
         if why:
             rt.force_delete(cid)
@@ -291,6 +327,9 @@ def do_checkpoint(inv, args, conf, log):
     if rt.strategy.own_images:
         return rt.strategy.checkpoint(inv, conf, log, rt, info)
     rt.strategy.require_checkpoint("checkpoint of %s" % cid)
+    ann = info.get("annotations") or {}
+    criuconf.recreate(ann.get(criuconf.ANNOTATION), conf.state_dir,
+                      _criu_config(conf, criuconf.user_config(ann, conf.state_dir)))
     image_dir = os.path.abspath(inv.value("image-path") or os.path.join(os.getcwd(), "checkpoint"))
     leave_running = inv.has("leave-running")
     pre_dump = inv.has("pre-dump")

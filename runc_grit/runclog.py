@@ -13,16 +13,22 @@ LEVELS = ("debug", "info", "warning", "error", "fatal")
 
 
 def _timestamp():
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%06dZ" % int((t % 1) * 1e6)
+    """RFC 3339 in local time, as logrus (runc's logger) writes it: 2006-01-02T15:04:05Z07:00."""
+    lt = time.localtime()
+    off = lt.tm_gmtoff or 0
+    zone = "Z" if off == 0 else "%s%02d:%02d" % ("+" if off > 0 else "-", abs(off) // 3600,
+                                                 abs(off) % 3600 // 60)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", lt) + zone
 
 
 def format_line(level, msg, fmt="json", **fields):
+    """One log line as runc writes it: compact JSON {"level","msg","time"} (logrus's
+    JSONFormatter), or logrus's text form."""
     msg = " ".join(str(msg).split())
     if fmt == "json":
         rec = {"level": level, "msg": msg, "time": _timestamp()}
         rec.update(fields)
-        return json.dumps(rec, sort_keys=False) + "\n"
+        return json.dumps(rec, separators=(",", ":")) + "\n"
     extra = "".join(" %s=%s" % (k, json.dumps(str(v))) for k, v in fields.items())
     return 'time="%s" level=%s msg=%s%s\n' % (_timestamp(), level, json.dumps(msg), extra)
 

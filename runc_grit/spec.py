@@ -12,32 +12,33 @@ from runc_grit.fsutil import write_json_atomic
 CRIU_CONFIG_ANNOTATION = "org.criu.config"
 
 
-def load(bundle):
-    path = os.path.join(bundle, "config.json")
+def load(bundle, name="config.json"):
+    """The spec (config.json, or crun's --config NAME) of a bundle, as a plain dict."""
+    path = os.path.join(bundle, name)
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
-        raise GritError("bundle %s: cannot read config.json: %s" % (bundle, e.strerror),
+        raise GritError("bundle %s: cannot read %s: %s" % (bundle, name, e.strerror),
                         kind="spec") from None
     try:
         spec = json.loads(raw)
     except ValueError as e:
-        raise GritError("bundle %s: malformed config.json: %s" % (bundle, e), kind="spec") from None
+        raise GritError("bundle %s: malformed %s: %s" % (bundle, name, e), kind="spec") from None
     if not isinstance(spec, dict):
-        raise GritError("bundle %s: malformed config.json: top level is not an object" % bundle,
+        raise GritError("bundle %s: malformed %s: top level is not an object" % (bundle, name),
                         kind="spec")
     ann = spec.get("annotations")
     if ann is not None and (not isinstance(ann, dict)
                             or not all(isinstance(v, str) for v in ann.values())):
-        raise GritError("bundle %s: malformed config.json: annotations must map strings to strings"
-                        % bundle, kind="spec")
+        raise GritError("bundle %s: malformed %s: annotations must map strings to strings"
+                        % (bundle, name), kind="spec")
     return spec
 
 
-def save(bundle, spec):
+def save(bundle, spec, name="config.json"):
     mode = 0o644
-    path = os.path.join(bundle, "config.json")
+    path = os.path.join(bundle, name)
     try:
         mode = os.stat(path).st_mode & 0o7777
     except OSError:

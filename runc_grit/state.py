@@ -103,7 +103,10 @@ class ContainerState:
 
 
 def list_ids(state_dir):
+    """Ids of the containers runc-grit holds state for (a dir with a lock file; not the
+    shared dirs beside them, such as the CRIU configs)."""
     try:
-        return sorted(n for n in os.listdir(state_dir) if os.path.isdir(os.path.join(state_dir, n)))
+        names = os.listdir(state_dir)
     except FileNotFoundError:
         return []
+    return sorted(n for n in names if os.path.isfile(os.path.join(state_dir, n, "lock")))

@@ -14,6 +14,65 @@ sys.path.insert(0, REPO)
 
 from runc_grit.harness import Grit  # noqa: E402
 
+# The runc-grit under test is the one install/install.sh puts on the machine, not this source
+# tree: an editable install once hid that every create of the installed one failed.
+GRIT_BIN = os.environ.get("RUNC_GRIT_BIN", "/usr/local/bin/runc-grit")
+GRIT = [GRIT_BIN]   # argv0 of every test that runs runc-grit as a program
+GRIT_ENV = {}       # what that needs in its environment
+INSTALL_PROBLEM = None
+
+
+def installed_package(launcher):
+    """The runc_grit package dir a launcher (install/make_launcher.py) imports, or None."""
+    import ast
+    try:
+        with open(os.path.realpath(launcher)) as f:
+            text = f.read()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("sys.path[0:0] = "):
+            for d in ast.literal_eval(line.split("=", 1)[1].strip()):
+                if os.path.isfile(os.path.join(d, "runc_grit", "entry.py")):
+                    return os.path.join(d, "runc_grit")
+    return None
+
+
+def stale_files(pkg):
+    """Files of this source tree's package that the installed one lacks or has otherwise."""
+    src = os.path.join(REPO, "runc_grit")
+    out = []
+    for dirpath, dirs, files in os.walk(src):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            if name.endswith((".pyc", ".pyo")):
+                continue
+            rel = os.path.relpath(os.path.join(dirpath, name), src)
+            try:
+                with open(os.path.join(src, rel), "rb") as a, open(os.path.join(pkg, rel), "rb") as b:
+                    if a.read() == b.read():
+                        continue
+            except OSError:
+                pass
+            out.append(rel)
+    return out
+
+
+def _check_installed():
+    """None when GRIT_BIN runs this tree's code; else why not. Outside CI a stale install is
+    refreshed with install/install.sh (what a user runs)."""
+    pkg = installed_package(GRIT_BIN)
+    stale = stale_files(pkg) if pkg else ["(not installed)"]
+    if stale and os.environ.get("CI") != "true" and os.geteuid() == 0:
+        subprocess.run(["bash", os.path.join(REPO, "install", "install.sh"), "--no-doctor"],
+                       stdout=subprocess.DEVNULL, check=False, timeout=600)
+        pkg = installed_package(GRIT_BIN)
+        stale = stale_files(pkg) if pkg else ["(not installed)"]
+    if stale:
+        return "%s is not this tree's runc-grit (run install/install.sh): %s" % (
+            GRIT_BIN, ", ".join(stale[:5]))
+    return None
+
 
 def _have(cmd):
     return shutil.which(cmd) is not None
@@ -28,8 +87,20 @@ def _real_stack_missing():
     return None
 
 
+def pytest_configure(config):
+    """Decide once which runc-grit the tests run: the installed one (refreshed outside CI),
+    else, where none can be installed (no root), this tree's, and integration tests skip."""
+    global INSTALL_PROBLEM
+    INSTALL_PROBLEM = _check_installed()
+    if INSTALL_PROBLEM and os.environ.get("CI") != "true":
+        GRIT[:] = [sys.executable, "-m", "runc_grit"]
+        GRIT_ENV["PYTHONPATH"] = REPO
+
+
 def pytest_collection_modifyitems(config, items):
-    missing = _real_stack_missing()
+    missing = _real_stack_missing() or INSTALL_PROBLEM
+    if INSTALL_PROBLEM and os.environ.get("CI") == "true":
+        raise pytest.UsageError(INSTALL_PROBLEM)
     for item in items:
         if "integration" in item.keywords and missing:
             if os.environ.get("CI") == "true":
@@ -58,9 +129,8 @@ class Env:
         os.makedirs(self.ckroot)
         self.config_path = os.path.join(d, "config.yaml")
         self.write_config(extra_config or {})
-        self.env = dict(os.environ, RUNC_GRIT_CONFIG=self.config_path)
-        self.env["PYTHONPATH"] = REPO + os.pathsep + self.env.get("PYTHONPATH", "")
-        self.grit = Grit(self.root, self.env)
+        self.env = dict(os.environ, RUNC_GRIT_CONFIG=self.config_path, **GRIT_ENV)
+        self.grit = Grit(self.root, self.env, GRIT)
         self.created = []
 
     def write_config(self, extra):

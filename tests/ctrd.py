@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 import uuid
@@ -67,9 +66,10 @@ def build_image_archive(path, name=IMAGE, cmd=("sh",)):
 
 
 def grit_wrapper(path, env_path=None):
-    """An executable that runs this checkout's runc-grit (what BinaryName points at)."""
+    """An executable that runs the installed runc-grit (what BinaryName points at)."""
+    from conftest import GRIT_BIN
     with open(path, "w") as f:
-        f.write("#!/bin/sh\nPYTHONPATH=%s exec %s -m runc_grit \"$@\"\n" % (REPO, sys.executable))
+        f.write("#!/bin/sh\nexec %s \"$@\"\n" % GRIT_BIN)
     os.chmod(path, 0o755)
     return path
 

@@ -29,7 +29,7 @@ CONTAINERD_GLOBALS = ["--root", "/run/containerd/runc/k8s.io", "--log", "/b/log.
     (["delete", "-f", "c1"], "delete", [("force", None)], ["c1"]),
     (["features"], "features", [], []),          # unknown to the table: passed on as is
     (["--version"], None, [], []),
-    (["--bogus-global", "state", "c1"], None, [], ["--bogus-global", "state", "c1"]),
+    (["--bogus-global", "state", "c1"], "state", [], ["c1"]),          # kept, see below
     (["exec", "-t", "--env", "A=1", "-e", "B=2", "c1", "sh"], "exec",
      [("tty", None), ("env", "A=1"), ("env", "B=2")], ["c1", "sh"]),
     (["start", "--", "c1"], "start", [], ["c1"]),
@@ -50,7 +50,6 @@ def test_globals_read_from_containerd_argv():
 
 
 @pytest.mark.parametrize("tokens", [
-    ["create", "--bogus", "c1"],
     ["create", "--bundle"],
     ["checkpoint", "--image-path"],
 ])
@@ -110,3 +109,109 @@ def test_render_round_trip():
 def test_with_global_does_not_duplicate():
     assert A.with_global(["restore", "c1"], "criu", "/c") == ["--criu", "/c", "restore", "c1"]
     assert A.with_global(["--criu", "/x", "restore", "c1"], "criu", "/c") == ["--criu", "/x", "restore", "c1"]
+
+
+# --- every runtime's flags ----------------------------------------------------------------
+# (runtime, global flags as that runtime's users write them, what runc-grit reads of them)
+GLOBALS_OF = [
+    ("runc 1.1-1.4", ["--root", "/r", "--log", "/l", "--log-format", "json", "--debug",
+                      "--systemd-cgroup", "--rootless", "auto", "--criu", "/c"],
+     {"root": "/r", "log": "/l", "log-format": "json", "rootless": "auto", "criu": "/c"}),
+    ("runc, = forms", ["--root=/r", "-log=/l", "--rootless=false", "--debug=true"],
+     {"root": "/r", "log": "/l", "rootless": "false"}),
+    ("crun", ["--root=/r", "--log=file:/l", "--log-format=json", "--log-level=debug",
+              "--cgroup-manager=systemd", "--systemd-cgroup", "--debug"],
+     {"root": "/r", "log": "file:/l", "log-level": "debug", "cgroup-manager": "systemd"}),
+    ("runsc", ["--root", "/r", "--network=none", "--nvproxy", "--platform", "systrap",
+               "-debug-log", "/d/", "--rootless", "-overlay2=root:memory", "--TESTONLY-unsafe-nonroot"],
+     {"root": "/r", "network": "none", "platform": "systrap", "debug-log": "/d/",
+      "overlay2": "root:memory"}),
+]
+
+
+@pytest.mark.parametrize("runtime, globals_, values", GLOBALS_OF, ids=[g[0] for g in GLOBALS_OF])
+@pytest.mark.parametrize("tail", [["create", "--bundle", "/b", "c1"], ["state", "c1"]])
+def test_global_flags_of_every_runtime(runtime, globals_, values, tail):
+    inv = A.parse(globals_ + tail)
+    assert inv.command == tail[0] and inv.args == ["c1"]
+    assert inv.unknown_globals == []
+    for name, value in values.items():
+        assert inv.global_value(name) == value
+    # rendered back, every runtime reads the same flags
+    again = A.parse(inv.render())
+    assert again.globals == inv.globals and again.command == inv.command
+
+
+# create flags: (runtime, create argv tail, flags read)
+CREATE_OF = [
+    ("runc 1.1", ["--bundle", "/b", "--console-socket", "/s", "--pid-file", "/p", "--no-pivot",
+                  "--no-new-keyring", "--preserve-fds", "2"],
+     [("bundle", "/b"), ("console-socket", "/s"), ("pid-file", "/p"), ("no-pivot", None),
+      ("no-new-keyring", None), ("preserve-fds", "2")]),
+    ("runc 1.2-1.4", ["-b", "/b", "--pidfd-socket", "/pfd", "--pid-file=/p"],
+     [("bundle", "/b"), ("pidfd-socket", "/pfd"), ("pid-file", "/p")]),
+    ("crun", ["--bundle=/b", "-f", "other.json", "--no-subreaper", "--preserve-fds=1"],
+     [("bundle", "/b"), ("config", "other.json"), ("no-subreaper", None), ("preserve-fds", "1")]),
+    ("runsc", ["-bundle", "/b", "-console-socket", "/s", "-pid-file", "/p", "-user-log", "/u"],
+     [("bundle", "/b"), ("console-socket", "/s"), ("pid-file", "/p"), ("user-log", "/u")]),
+]
+
+
+@pytest.mark.parametrize("runtime, tail, flags", CREATE_OF, ids=[c[0] for c in CREATE_OF])
+def test_create_flags_of_every_runtime(runtime, tail, flags):
+    inv = A.parse(["create"] + tail + ["c1"])
+    assert inv.flags == flags and inv.args == ["c1"] and inv.unknown_flags == []
+
+
+@pytest.mark.parametrize("tokens, globals_, command, args", [
+    # an unknown global flag before a command: no value
+    (["--future", "create", "c1"], [("--future", None)], "create", ["c1"]),
+    # ... with a word, then the command: the word is its value
+    (["--future", "v", "--root", "/r", "state", "c1"], [("--future", "v"), ("root", "/r")],
+     "state", ["c1"]),
+    (["--future=v", "create", "c1"], [("--future=v", None)], "create", ["c1"]),
+    (["-single-dash", "kill", "c1"], [("-single-dash", None)], "kill", ["c1"]),
+    (["--weird-future-flag", "x", "newcmd"], [("--weird-future-flag", "x")], "newcmd", []),
+])
+def test_unknown_global_flags_are_kept_in_place(tokens, globals_, command, args):
+    inv = A.parse(tokens)
+    assert inv.globals == globals_ and inv.command == command and inv.args == args
+    assert inv.unknown_globals == [g[0] for g in globals_ if g[0].startswith("-")]
+    assert inv.render() == tokens
+
+
+@pytest.mark.parametrize("tail, flags", [
+    (["--future", "--bundle", "/b", "c1"], [("--future", None), ("bundle", "/b")]),
+    (["--future", "x", "-b", "/b", "c1"], [("--future", "x"), ("bundle", "/b")]),
+    (["--future=x", "c1"], [("--future=x", None)]),
+    (["-b", "/b", "--future", "c1"], [("bundle", "/b"), ("--future", None)]),
+])
+def test_unknown_create_flags_are_kept(tail, flags):
+    inv = A.parse(["create"] + tail)
+    assert inv.flags == flags and inv.args == ["c1"]
+    assert inv.unknown_flags == [f[0] for f in flags if f[0].startswith("-")]
+
+
+def test_unknown_globals_survive_create_to_restore():
+    inv = A.parse(["--network=none", "--future", "v", "--root", "/r", "create", "-b", "/b", "c1"])
+    out, _ = A.create_to_restore(inv, "/img")
+    assert out == ["--network", "none", "--future", "v", "--root", "/r", "restore", "--detach",
+                   "--bundle", "/b", "--image-path", "/img", "c1"]
+
+
+@pytest.mark.parametrize("tail, why", [
+    (["--future", "-b", "/b", "c1"], "--future is unknown"),
+    (["-f", "other.json", "c1"], "--config"),
+    (["--exec-fd", "3", "c1"], "exec-fd"),
+])
+def test_create_to_restore_refuses_what_it_cannot_carry(tail, why):
+    with pytest.raises(A.ArgvError, match=why):
+        A.create_to_restore(A.parse(["create"] + tail), "/img")
+
+
+def test_boolean_flags_with_values_render_joined():
+    """urfave/cli and Go's flag package read `--debug false` as a flag and an argument."""
+    inv = A.parse(["--debug=false", "--nvproxy=true", "--rootless=false", "delete", "--force=true",
+                   "c1"])
+    assert inv.render() == ["--debug=false", "--nvproxy=true", "--rootless=false", "delete",
+                            "--force=true", "c1"]

@@ -7,7 +7,6 @@ call came before the freeze, and TracerPid 0 at restore/unlock proves it came af
 import json
 import os
 import subprocess
-import time
 
 import pytest
 

@@ -4,11 +4,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, Env
+from conftest import GRIT, Env
 from runc_grit import compat, integrity
 from runc_grit import manifest as _manifest
 from test_integration_runc import assert_continues, checkpoint, start_counter
@@ -143,7 +142,7 @@ def test_incompatible_checkpoint_is_refused_naming_both_sides(senv, field, edit,
 
 def test_inspect_reports_a_real_checkpoint(senv):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "runc_grit", "inspect"] + list(args),
+        return subprocess.run(GRIT + ["inspect"] + list(args),
                               capture_output=True, env=senv.env, timeout=60)
     p = run("--json", senv.img)
     assert p.returncode == 0, p.stdout + p.stderr

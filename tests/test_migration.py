@@ -3,12 +3,11 @@ one archive (export/import), with real runc + CRIU."""
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 
 import pytest
 
-from conftest import Env
+from conftest import GRIT, Env
 from runc_grit import bundle as _bundle
 from runc_grit import manifest as _manifest
 from test_integration_runc import assert_continues, checkpoint, start_counter
@@ -70,7 +69,7 @@ def node(workdir, name, key):
 
 
 def grit(e, *args):
-    return subprocess.run([sys.executable, "-m", "runc_grit"] + list(args), capture_output=True,
+    return subprocess.run(GRIT + list(args), capture_output=True,
                           env=e.env, timeout=120)
 
 

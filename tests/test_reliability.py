@@ -1,6 +1,5 @@
 """Reliability under load and faults, with real runc + CRIU: nothing lost, nothing half-done.
 What each test proves is listed in docs/reliability.md."""
-import json
 import os
 import signal
 import subprocess

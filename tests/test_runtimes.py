@@ -4,11 +4,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-from conftest import FAKES, REPO, Env
+from conftest import FAKES, GRIT, GRIT_ENV, Env
 from test_integration_runc import checkpoint, start_counter
 
 
@@ -97,8 +96,7 @@ def nvenv(tmp_path):
                     % (tmp_path / "state", ck))
     env = dict(os.environ, PATH="%s:%s" % (bindir, os.environ["PATH"]),
                RUNC_GRIT_CONFIG=str(conf), FAKE_RUNTIME_LOG=str(tmp_path / "calls.jsonl"),
-               FAKE_RUNTIME_STATE_DIR=str(tmp_path),
-               PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+               FAKE_RUNTIME_STATE_DIR=str(tmp_path), **GRIT_ENV)
     return tmp_path, env
 
 
@@ -111,7 +109,7 @@ def test_nvidia_container_runtime_gets_our_spec_and_plain_pass_through(nvenv):
                                                "annotations": {"mine": "kept"}}))
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "runc_grit"] + list(args), env=env,
+        return subprocess.run(GRIT + list(args), env=env,
                               capture_output=True, timeout=60)
     create = ["--root", "/r", "--log", str(b / "log.json"), "--log-format", "json", "create",
               "--bundle", str(b), "--pid-file", str(b / "init.pid"), "c1"]

@@ -158,35 +158,59 @@ def test_validated_config_is_cached_until_the_file_changes(tmp_path):
 def test_criu_config_defaults_and_inherited(tmp_path):
     orig = tmp_path / "orig.conf"
     orig.write_text("action-script /their/script\nlink-remap\n")
-    own = tmp_path / "own.conf"
-    criuconf.write(str(own), "c1", "/hooks/grit-hook", ["skip-in-flight"], str(orig))
-    lines = own.read_text().splitlines()
+    data = criuconf.content("/hooks/grit-hook", ["skip-in-flight"], str(orig), "ignore")
+    lines = data.decode().splitlines()
     assert "action-script /their/script" in lines and "link-remap" in lines
     assert lines.index("link-remap") < lines.index("action-script /hooks/grit-hook")
-    for opt in ("external mnt[]", "tcp-established", "ext-unix-sk", "file-locks", "skip-in-flight"):
+    for opt in ("external mnt[]", "tcp-established", "ext-unix-sk", "file-locks", "skip-in-flight",
+                "manage-cgroups=ignore"):
         assert opt in lines
 
 
-def test_criu_config_not_inheriting_itself(tmp_path):
-    own = tmp_path / "own.conf"
-    own.write_text("action-script /hooks/grit-hook\n")
-    criuconf.write(str(own), "c1", "/hooks/grit-hook", [], str(own))
-    assert own.read_text().count("action-script") == 1
+@pytest.mark.parametrize("mode,want", [("ignore", "manage-cgroups=ignore"),
+                                       ("soft", "manage-cgroups=soft"), ("runtime", None)])
+def test_criu_config_cgroup_mode(mode, want):
+    lines = criuconf.content("/h", [], "", mode).decode().splitlines()
+    assert [ln for ln in lines if ln.startswith("manage-cgroups")] == ([want] if want else [])
 
 
-@pytest.mark.parametrize("mode,want", [("ignore", ["manage-cgroups=ignore"]),
-                                       ("soft", ["manage-cgroups=soft"]), ("runtime", [])])
-def test_criu_config_restore_block_and_its_removal(tmp_path, mode, want):
-    own = tmp_path / "own.conf"
-    criuconf.write(str(own), "c1", "/hooks/grit-hook", ["link-remap"], None,
-                   criuconf.restore_options(mode))
-    lines = own.read_text().splitlines()
-    for w in want:
-        assert lines[-1] == w and criuconf.RESTORE_MARK in lines
-    criuconf.drop_restore_lines(str(own))
-    after = own.read_text().splitlines()
-    assert not any("manage-cgroups" in ln for ln in after) and criuconf.RESTORE_MARK not in after
-    assert "link-remap" in after and "action-script /hooks/grit-hook" in after
+def test_criu_config_is_shared_and_content_addressed(tmp_path):
+    """The same content is one file, written once; other content another file; a file is
+    never rewritten, so a container keeps the config it was created with."""
+    state = str(tmp_path / "state")
+    a = criuconf.ensure(state, criuconf.content("/h", [], "", "ignore"))
+    mtime = os.stat(a).st_mtime_ns
+    assert criuconf.ensure(state, criuconf.content("/h", [], "", "ignore")) == a
+    assert os.stat(a).st_mtime_ns == mtime
+    b = criuconf.ensure(state, criuconf.content("/h", ["link-remap"], "", "ignore"))
+    assert b != a and os.path.dirname(a) == os.path.dirname(b) == criuconf.conf_dir(state)
+    assert "link-remap" not in open(a).read() and "link-remap" in open(b).read()
+
+
+def test_criu_config_user_config_is_remembered(tmp_path):
+    state = str(tmp_path / "state")
+    ours = criuconf.ensure(state, criuconf.content("/h", [], "", "ignore"))
+    assert criuconf.user_config({}, state) is None
+    assert criuconf.user_config({"org.criu.config": "/mine.conf"}, state) == "/mine.conf"
+    assert criuconf.user_config({"org.criu.config": ""}, state) == ""   # runc: no config at all
+    # once ours is named, the bundle's own config is the one remembered beside it
+    assert criuconf.user_config({"org.criu.config": ours}, state) is None
+    assert criuconf.user_config({"org.criu.config": ours, "grit.dev/criu-config": "/mine.conf"},
+                                state) == "/mine.conf"
+    # a config of ours written under another state_dir is recognised by its header
+    other = criuconf.ensure(str(tmp_path / "other"), criuconf.content("/h", [], "", "ignore"))
+    assert criuconf.user_config({"org.criu.config": other}, state) is None
+
+
+def test_criu_config_recreated_when_gone(tmp_path):
+    state = str(tmp_path / "state")
+    data = criuconf.content("/h", [], "", "ignore")
+    path = criuconf.ensure(state, data)
+    os.unlink(path)
+    assert criuconf.recreate(path, state, data) and open(path, "rb").read() == data
+    assert not criuconf.recreate(path, state, data)                      # there already
+    assert not criuconf.recreate("/etc/someone-elses.conf", state, data)  # not ours
+
 
 # --- restore sources ----------------------------------------------------------------------
 

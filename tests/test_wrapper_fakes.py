@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import FAKES, REPO
+from conftest import FAKES, GRIT, GRIT_ENV, REPO
 from test_units import make_images
 
 
@@ -20,7 +20,7 @@ def fenv(tmp_path):
     env = dict(os.environ)
     env.update(PATH=FAKES + os.pathsep + env["PATH"], RUNC_GRIT_CONFIG=str(conf),
                FAKE_RUNTIME_LOG=str(tmp_path / "calls.jsonl"),
-               FAKE_RUNTIME_STATE_DIR=str(tmp_path), PYTHONPATH=REPO)
+               FAKE_RUNTIME_STATE_DIR=str(tmp_path), **GRIT_ENV)
 
     class F:
         pass
@@ -28,7 +28,7 @@ def fenv(tmp_path):
     f.tmp, f.env, f.state, f.ck, f.conf = tmp_path, env, state, ck, conf
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "runc_grit"] + list(args), env=env,
+        return subprocess.run(GRIT + list(args), env=env,
                               capture_output=True, timeout=60)
 
     def calls():
@@ -125,11 +125,95 @@ def test_create_injects_criu_config_then_execs_runtime(fenv):
     spec = json.loads((b / "config.json").read_text())
     conf_path = spec["annotations"]["org.criu.config"]
     assert spec["annotations"]["keep"] == "this" and spec["x-unknown"] == {"keep": "me"}
-    assert conf_path == str(fenv.state / "c1" / "criu.conf")
+    assert os.path.dirname(conf_path) == str(fenv.state / "criu")
     text = open(conf_path).read()
     assert "action-script " in text and "external mnt[]" in text
     hook = [ln.split(None, 1)[1] for ln in text.splitlines() if ln.startswith("action-script")][0]
     assert os.access(hook, os.X_OK)
+
+
+def test_bundle_reused_is_written_once_and_stays_valid(fenv):
+    """runc never writes the bundle; runc-grit's one change is the same for every container
+    and outlives them: a second create, after the first container is deleted, finds
+    config.json as it left it and does not write it again."""
+    b = fenv.bundle("b1")
+    assert _create(fenv, b, "c1").returncode == 0
+    after_first = (b / "config.json").read_bytes()
+    st = os.stat(b / "config.json")
+    conf_path = json.loads(after_first)["annotations"]["org.criu.config"]
+    assert fenv.run("--root", "/r", "delete", "c1").returncode == 0
+    assert not (fenv.state / "c1").exists() and os.path.exists(conf_path)
+    p = _create(fenv, b, "c2")
+    assert p.returncode == 0, p.stderr
+    assert (b / "config.json").read_bytes() == after_first
+    assert os.stat(b / "config.json").st_mtime_ns == st.st_mtime_ns
+    assert [c["argv"][6] for c in fenv.calls() if "create" in c["argv"]] == ["create", "create"]
+
+
+def test_bundle_own_criu_config_is_kept_across_creates(fenv, tmp_path):
+    mine = tmp_path / "mine.conf"
+    mine.write_text("link-remap\n")
+    b = fenv.bundle("b1", {"org.criu.config": str(mine)})
+    for cid in ("c1", "c2"):
+        assert _create(fenv, b, cid).returncode == 0
+        ann = json.loads((b / "config.json").read_text())["annotations"]
+        assert ann["grit.dev/criu-config"] == str(mine)
+        text = open(ann["org.criu.config"]).read()
+        assert "link-remap" in text and "action-script" in text
+
+
+def test_unknown_global_flag_never_turns_a_restore_into_a_fresh_start(fenv):
+    """GRIT's failure: a create asking for a restore that started fresh. An unknown global
+    flag (runsc's --network=none here, or any flag a newer runtime adds) is passed on, and
+    the create still becomes a restore."""
+    img = make_images(str(fenv.ck / "img"))
+    b = fenv.bundle("b2", {"grit.dev/restore-from": img})
+    p = fenv.run("--future-global", "--root", "/r", "--log", str(b / "log.json"), "--log-format",
+                 "json", "create", "--bundle", str(b), "c2")
+    assert p.returncode == 0, (b / "log.json").read_text()
+    argv = [c["argv"] for c in fenv.calls()]
+    assert not any("create" in a for a in argv)
+    restore = [a for a in argv if "restore" in a][0]
+    assert restore[:3] == ["--future-global", "--root", "/r"]
+
+
+@pytest.mark.parametrize("tail", [
+    ["create", "--future-flag", "--bundle", "{b}", "c3"],  # a create flag runc-grit lacks
+    ["create", "--bundle", "{b}", "c3", "extra"],          # not one id
+])
+def test_argv_not_understood_with_restore_is_refused(fenv, tail):
+    img = make_images(str(fenv.ck / "img3"))
+    b = fenv.bundle("b3", {"grit.dev/restore-from": img})
+    args = ["--log", str(b / "log.json"), "--log-format", "json"] + [t.format(b=b) for t in tail]
+    p = fenv.run(*args)
+    assert p.returncode == 1 and fenv.calls() == []
+    msg = _log_lines(b)[-1]["msg"]
+    assert "refused" in msg and img in msg
+    assert not (fenv.state / "c3").exists()
+
+
+def test_unknown_create_flag_without_restore_passes_through(fenv):
+    b = fenv.bundle("b4")
+    args = ["create", "--future-flag", "--bundle", str(b), "c4"]
+    assert fenv.run(*args).returncode == 0
+    assert fenv.calls()[-1]["argv"] == args
+
+
+def test_log_lines_are_runcs_compact_json(fenv):
+    b = fenv.bundle("b5", {"grit.dev/restore-from": "/nonexistent-root/img"})
+    _create(fenv, b, "c5")
+    raw = (b / "log.json").read_text().splitlines()[-1]
+    assert raw.startswith('{"level":"error","msg":"runc-grit: ') and ', "' not in raw
+    import re
+    assert re.search(r'"time":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)"}$', raw)
+
+
+def test_help_is_the_runtimes_then_ours(fenv):
+    p = fenv.run("--help")
+    assert p.returncode == 0
+    assert fenv.calls()[-1]["argv"] == ["--help"]
+    out = p.stdout.decode()
+    assert "runc-grit's own commands" in out and "doctor" in out and "inspect" in out
 
 
 def _create(fenv, b, cid):
