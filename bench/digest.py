@@ -6,7 +6,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from runc_grit.integrity import sha256_files  # noqa: E402
+from runc_grit.checkpoint.integrity import sha256_files  # noqa: E402
 
 gib = float(sys.argv[1]) if len(sys.argv) > 1 else 2
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 4

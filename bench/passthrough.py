@@ -36,7 +36,7 @@ def timed_together(cases, n):
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 30
     out_file = sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv else None
-    from runc_grit.bundle import make_bundle
+    from runc_grit.oci.bundle import make_bundle
     work = tempfile.mkdtemp(prefix="rg-bench-")
     root = os.path.join(work, "root")
     b = make_bundle(os.path.join(work, "b"), ["sleep", "1000"])

@@ -17,8 +17,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from runc_grit import bundle as B  # noqa: E402
-from runc_grit.harness import Grit  # noqa: E402
+from runc_grit.cli.harness import Grit  # noqa: E402
+from runc_grit.oci import bundle as B  # noqa: E402
 
 FLAGS = ["--network=none"]
 

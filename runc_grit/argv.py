@@ -5,8 +5,8 @@ runc's urfave/cli (and crun's argp, runsc's Go flag package) do: ``--flag value`
 ``--flag=value``, ``-flag`` with a single dash, short aliases, ``--`` ends flags; and renders a
 parsed invocation back to argv. The create -> restore rewrite is a pure function of argv.
 
-The tables are the union of what runc 1.1-1.4, crun and runsc (gVisor) accept, so an argv
-meant for any of them parses. A flag the tables do not know is never an error here: it is
+The tables hold what runc 1.1-1.4 and crun accept, and runsc's (gVisor's) command flags, so
+an argv meant for any of them parses. A flag the tables do not know is never an error here: it is
 kept, verbatim and in place, and recorded in ``Invocation.unknown_globals`` /
 ``unknown_flags``. Its arity is taken from the tokens around it (a global flag followed by a
 command name takes no value; one followed by a word and then a command or a flag takes that
@@ -14,56 +14,17 @@ word). A pass-through sends argv on unchanged whatever it holds; a restore-on-cr
 argv with unknown command flags (``create_to_restore``) rather than guess what they mean.
 """
 
+# Global flags of runc 1.1-1.4 (`runc --help`) and crun 1.8-1.28 (`crun --help`).
 # Arity: True takes a value, False takes none, None: either, decided by the next tokens
 # (runc's --rootless takes true|false|auto, runsc's --rootless is a boolean).
-RUNC_GLOBALS = {  # runc 1.1, 1.2, 1.3, 1.4 (`runc --help`)
+# runsc's own global flags (runtimes.runsc.RUNSC_GLOBALS) are not listed: the rule for
+# unknown flags reads each of them right (a test checks every one), and this module, on the
+# path of every runc command, stays small.
+GLOBAL_FLAGS = {
     "debug": False, "log": True, "log-format": True, "root": True, "criu": True,
-    "systemd-cgroup": False, "rootless": True, "help": False, "version": False,
+    "systemd-cgroup": False, "rootless": None, "help": False, "version": False,
+    "log-level": True, "cgroup-manager": True, "usage": False,  # crun
 }
-CRUN_GLOBALS = {  # crun 1.8, 1.28 (`crun --help`)
-    "debug": False, "log": True, "log-format": True, "log-level": True, "root": True,
-    "rootless": True, "systemd-cgroup": False, "cgroup-manager": True, "help": False,
-    "usage": False, "version": False,
-}
-RUNSC_GLOBALS = {  # runsc (gVisor 20240729, `runsc flags`): Go flags, booleans take no value
-    "EXPERIMENTAL-xdp": True, "EXPERIMENTAL-xdp-need-wakeup": False,
-    "TESTONLY-afs-syscall-panic": False, "TESTONLY-allow-packet-endpoint-write": False,
-    "TESTONLY-autosave-image-path": True, "TESTONLY-autosave-resume": False,
-    "TESTONLY-test-name-env": True, "TESTONLY-unsafe-nonroot": False,
-    "allow-flag-override": False, "alsologtostderr": False, "app-huge-pages": False,
-    "buffer-pooling": False, "cgroupfs": False, "coverage-fd": True, "coverage-report": True,
-    "cpu-num-from-quota": False, "dcache": True, "debug": False, "debug-command": True,
-    "debug-log": True, "debug-log-fd": True, "debug-log-format": True,
-    "debug-to-user-log": False, "directfs": False, "enable-core-tags": False, "fdlimit": True,
-    "file-access": True, "file-access-mounts": True, "fsgofer-host-uds": False, "fuse": False,
-    "gso": False, "gvisor-gro": False, "host-fifo": True, "host-uds": True,
-    "ignore-cgroups": False, "iouring": False, "lisafs": False, "log": True, "log-fd": True,
-    "log-format": True, "log-packets": False, "metric-server": True,
-    "net-disconnect-ok": False, "net-raw": True, "network": True,
-    "network-processors-per-channel": True, "num-network-channels": True, "nvproxy": False,
-    "nvproxy-docker": True, "nvproxy-driver-version": True, "oci-seccomp": False,
-    "overlay": False, "overlay2": True, "panic-log": True, "panic-log-fd": True,
-    "panic-signal": True, "pcap-log": True, "platform": True, "platform_device_path": True,
-    "pod-init-config": True, "profile": False, "profile-block": True, "profile-cpu": True,
-    "profile-heap": True, "profile-mutex": True, "profiling-metrics": True,
-    "profiling-metrics-log": True, "profiling-metrics-rate-us": True, "qdisc": True,
-    "ref-leak-mode": True, "reproduce-nat": False, "reproduce-nftables": False, "root": True,
-    "rootless": False, "rx-checksum-offload": False, "software-gso": False, "strace": False,
-    "strace-event": False, "strace-log-size": True, "strace-syscalls": True,
-    "systemd-cgroup": False, "tpuproxy": False, "trace": True, "traceback": True,
-    "tx-checksum-offload": False, "version": False, "vfs2": False, "watchdog-action": True,
-}
-
-
-def _union(*tables):
-    out = {}
-    for t in tables:
-        for name, arity in t.items():
-            out[name] = arity if out.get(name, arity) == arity else None
-    return out
-
-
-GLOBAL_FLAGS = _union(RUNC_GLOBALS, CRUN_GLOBALS, RUNSC_GLOBALS)
 GLOBAL_ALIASES = {"h": "help", "v": "version", "V": "version", "?": "help"}
 
 # Per-command flags. create/run/restore/checkpoint: runc 1.1-1.4, plus crun's and runsc's.
@@ -125,11 +86,6 @@ COMMAND_ALIASES = {
     "exec": {"e": "env", "t": "tty", "u": "user", "g": "additional-gids", "p": "process",
              "d": "detach", "c": "cap"},
 }
-# Flags that take a value wherever they appear (rendered as `--name value`).
-_VALUED = frozenset(n for t in [GLOBAL_FLAGS] + list(COMMAND_FLAGS.values())
-                    for n, a in t.items() if a is True) - frozenset(
-    n for t in [GLOBAL_FLAGS] + list(COMMAND_FLAGS.values()) for n, a in t.items()
-    if a is not True)
 # Every command name runc, crun or runsc knows: a word after an unknown global flag that is
 # one of these is the command, not the flag's value.
 COMMANDS = frozenset(COMMAND_FLAGS) | frozenset((
@@ -204,6 +160,19 @@ class Invocation:
         return out
 
 
+_VALUED = []
+
+
+def _valued():
+    """Flags that take a value wherever they appear (rendered as `--name value`); worked
+    out once, when something is rendered (never on the pass-through path)."""
+    if not _VALUED:
+        tables = [GLOBAL_FLAGS] + list(COMMAND_FLAGS.values())
+        valued = {n for t in tables for n, a in t.items() if a is True}
+        _VALUED.append(valued - {n for t in tables for n, a in t.items() if a is not True})
+    return _VALUED[0]
+
+
 def _last(pairs, name, default):
     found = default
     for n, v in pairs:
@@ -224,7 +193,7 @@ def _render_flags(pairs):
                 out.append(value)
         elif value is None:
             out.append("--" + name)
-        elif name in _VALUED and not value.startswith("-"):
+        elif name in _valued() and not value.startswith("-"):
             out += ["--" + name, value]
         else:
             out.append("--%s=%s" % (name, value))
@@ -382,12 +351,3 @@ def create_to_restore(inv, image_path, work_path=None, detach=True, extra=()):
     out = _render_flags(inv.globals) + ["restore"] + _render_flags(flags) + list(extra)
     out.append(inv.args[0])
     return out, dropped
-
-
-def with_global(argv_tokens, name, value):
-    """Insert a global flag in front of the command unless it is already there. Pure."""
-    inv = parse(argv_tokens)
-    if any(n == name for n, _ in inv.globals):
-        return list(argv_tokens)
-    pairs = [(name, value)]
-    return _render_flags(pairs) + list(argv_tokens)

@@ -1,7 +1,9 @@
 """The runc-grit binary: decide, then exec the delegate runtime or handle the command.
 
 The pass-through path imports only sys, posix (both built in) and two small modules of ours
-(argv, fastconf); not even os, whose import is most of a site-less interpreter's extra work.
+beside this one (argv, fastconf); not even os, whose import is most of a site-less
+interpreter's extra work, nor any subpackage (each costs ~0.15 ms: bench/passthrough.py).
+passthrough() does nothing but exec.
 Commands that runc-grit intercepts (create, run, restore, checkpoint; start and delete of a
 container it holds state for) and its own operator commands load the heavier modules lazily.
 """
@@ -18,11 +20,9 @@ OPERATOR = frozenset(("doctor", "demo", "cuda-checkpoint", "inspect", "export", 
 HELP = (["--help"], ["-h"], ["help"], ["h"])
 
 
-def _valid_id(cid):
-    return bool(cid) and "/" not in cid and cid not in (".", "..") and "\0" not in cid
-
-
-def _runtime(conf):
+def runtime_path(conf):
+    """The delegate's path: $RUNC_GRIT_RUNTIME or the config's runtime, found on PATH
+    (stepping over runc-grit itself, when it is installed under the runtime's name)."""
     rt = fastconf.getenv("RUNC_GRIT_RUNTIME") or conf["runtime"]
     return fastconf.which(rt, skip=sys.argv[0] if sys.argv else None) or rt
 
@@ -30,11 +30,11 @@ def _runtime(conf):
 def passthrough(args, conf):
     """exec the delegate runtime with argv unchanged (after the config's runtime_flags, none
     by default). Does not return on success."""
-    runtime = _runtime(conf)
+    runtime = runtime_path(conf)
     try:
         posix.execv(runtime, [runtime] + list(conf.get("runtime_flags") or ()) + list(args))
     except OSError as e:
-        from runc_grit.runclog import Logger
+        from runc_grit.oci.runclog import Logger
         try:
             inv = _argv.parse(args)
         except _argv.ArgvError:
@@ -43,17 +43,21 @@ def passthrough(args, conf):
         return 127
 
 
+def _valid_id(cid):
+    return bool(cid) and "/" not in cid and cid not in (".", "..") and "\0" not in cid
+
+
 def main(argv=None):
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["hook"]:  # the CRIU action script: no click
-        from runc_grit.hook import main as hook_main
+        from runc_grit.runtimes.actionscript import main as hook_main
         return hook_main()
     if args and args[0] in OPERATOR:
-        from runc_grit.cli import operator_main
+        from runc_grit.cli.main import operator_main
         return operator_main(args)
     if args in HELP:  # the runtime's help, then runc-grit's own commands
-        from runc_grit.cli import full_help
-        return full_help(_runtime(fastconf.read() or fastconf.DEFAULTS), args)
+        from runc_grit.cli.main import full_help
+        return full_help(runtime_path(fastconf.read() or fastconf.DEFAULTS), args)
     try:
         inv = _argv.parse(args)
     except _argv.ArgvError:
@@ -64,7 +68,7 @@ def main(argv=None):
         return dispatch(inv, args)
     conf = fastconf.read()
     if conf is None:
-        from runc_grit.config import load
+        from runc_grit.node.config import load
         conf = load().as_dict()
     if cmd in ("start", "delete", "state") and len(inv.args) == 1 and _valid_id(inv.args[0]):
         d = conf["state_dir"].rstrip("/") + "/" + inv.args[0]

@@ -9,12 +9,13 @@ A runsc container that a checkpoint stopped (its sandbox killed while paused) is
 import os
 
 from runc_grit import argv as _argv
-from runc_grit import config as _config
-from runc_grit import errors, procs
+from runc_grit import errors
 from runc_grit.errors import GritError
-from runc_grit.runclog import Logger
-from runc_grit.runtime import Runtime
-from runc_grit.state import STOPPED_MARK, ContainerState
+from runc_grit.node import config as _config
+from runc_grit.node import procs
+from runc_grit.node.state import STOPPED_MARK, ContainerState
+from runc_grit.oci.runclog import Logger
+from runc_grit.runtimes.selection import for_invocation
 
 
 def dispatch(inv, args):
@@ -22,7 +23,7 @@ def dispatch(inv, args):
     try:
         conf = _config.load()
         st = ContainerState(conf.state_dir, inv.args[0])
-        rt = Runtime.for_invocation(conf, inv)
+        rt = for_invocation(conf, inv).rt
         if inv.command == "start":
             return start(st, rt, args, log)
         if inv.command == "state":

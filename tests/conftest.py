@@ -12,7 +12,7 @@ REPO = os.path.dirname(HERE)
 FAKES = os.path.join(HERE, "fakes")
 sys.path.insert(0, REPO)
 
-from runc_grit.harness import Grit  # noqa: E402
+from runc_grit.cli.harness import Grit  # noqa: E402
 
 # The runc-grit under test is the one install/install.sh puts on the machine, not this source
 # tree: an editable install once hid that every create of the installed one failed.
@@ -141,7 +141,7 @@ class Env:
             yaml.safe_dump(conf, f)
 
     def bundle(self, name, args=None, annotations=None, terminal=False, rootfs_from=None, env=()):
-        from runc_grit import bundle as b
+        from runc_grit.oci import bundle as b
         path = os.path.join(self.dir, name)
         b.make_bundle(path, args or b.counter_args("0.1"), annotations, terminal, rootfs_from)
         if env:

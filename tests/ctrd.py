@@ -27,7 +27,7 @@ def _blob(layout, data, media_type):
 
 def build_image_archive(path, name=IMAGE, cmd=("sh",)):
     """An OCI image archive (oci-layout + index.json) with one layer: a busybox rootfs."""
-    from runc_grit.bundle import make_rootfs
+    from runc_grit.oci.bundle import make_rootfs
     work = path + ".d"
     rootfs = make_rootfs(os.path.join(work, "rootfs"))
     layout = os.path.join(work, "layout")

@@ -96,7 +96,7 @@ def test_install_twice_then_uninstall_restores(tmp_path, existing):
         assert dump["plugins"]["io.containerd.grpc.v1.cri"]["sandbox_image"] == \
             "registry.k8s.io/pause:3.9"
     else:
-        from runc_grit import config
+        from runc_grit.node import config
         conf = config.load(root + "/etc/runc-grit/config.yaml")
         assert conf.checkpoint_roots == ["/var/lib/runc-grit/checkpoints"]
     assert after1["usr/local/bin/runc-grit"] == "-> %s/bin/runc-grit" % sys.prefix

@@ -63,7 +63,7 @@ def test_one_bundle_eight_containers_at_once_then_checkpoint_and_restore(genv):
         if cid != "c3":
             assert genv.grit.run(b, "delete", "--force", cid).returncode == 0
     genv.grit.run(b, "delete", "--force", "c3")
-    from runc_grit.state import list_ids
+    from runc_grit.node.state import list_ids
     assert list_ids(genv.state_dir) == []  # no per-container state survives delete
     # restore-on-create from another bundle, made the same way
     b2 = genv.bundle("restored", annotations={"grit.dev/restore-from": img},

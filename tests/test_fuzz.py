@@ -12,8 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FAKES
 from runc_grit import entry
+
+from conftest import FAKES
 
 FLAGS = ["--root", "--log", "--log-format", "--debug", "--systemd-cgroup", "--criu",
          "--rootless", "-root", "--log=log.json", "--log-format=json", "--log-format=text",

@@ -12,8 +12,9 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import Env
 from gpu.gpuctr import APP_DIR, make_gpu_bundle, read_steps
+
+from conftest import Env
 
 
 def _gpu_missing():
@@ -26,7 +27,7 @@ def _gpu_missing():
     except ImportError:
         return "no torch"
     try:
-        from runc_grit.cuda.driver import open_backend
+        from runc_grit.gpu.driver import open_backend
         open_backend()
     except Exception as e:  # noqa: BLE001
         return "no CUDA checkpoint API: %s" % e
@@ -48,7 +49,7 @@ def g(workdir):
 
 
 def helper():
-    from runc_grit.cuda.helper import BuiltinHelper
+    from runc_grit.gpu.helper import BuiltinHelper
     return BuiltinHelper()
 
 
@@ -107,7 +108,7 @@ def ckpt(e, b, cid, image, *extra):
     pids = []
     st = e.grit.state(cid)
     if st:
-        from runc_grit.gpu import container_pids
+        from runc_grit.gpu.discovery import container_pids
         pids = container_pids(st["pid"])
     p = e.grit.run(b, "checkpoint", "--image-path", image, "--work-path", image + "-w", *extra, cid,
                    timeout=600)
@@ -229,7 +230,7 @@ def test_two_cuda_processes_parent_and_child(g):
 def test_destination_without_matching_gpu_is_refused(g):
     """A manifest naming another GPU model is refused before CRIU runs."""
     import json
-    from runc_grit import manifest
+    from runc_grit.checkpoint import manifest
     log = os.path.join(g.logs, "m.log")
     b = start(g, "m", "m", "m.log", env={"APP_MIB": "256"})
     wait_steps(log, 3)
@@ -250,8 +251,8 @@ def test_restore_onto_another_gpu_by_uuid_remap(g):
     """Checkpointed on GPU 0, restored into a container that has only GPU 1: runc-grit maps
     the source GPU's UUID onto the destination's (cuCheckpointProcessRestore GPU pairs)."""
     import json
-    from runc_grit import gpu
-    inv = gpu.inventory()
+    from runc_grit.gpu import discovery
+    inv = discovery.inventory()
     if not inv or len(inv["devices"]) < 2:
         pytest.skip("needs 2 GPUs (nvidia-h200-x2)")
     d0, d1 = sorted(inv["devices"], key=lambda d: d["index"])[:2]
@@ -260,7 +261,7 @@ def test_restore_onto_another_gpu_by_uuid_remap(g):
     b = start(g, "r0", "r0", "r.log", env=env, devices=[d0["minor"]])
     wait_steps(log, 10)
     pid0 = g.grit.state("r0")["pid"]
-    assert [u for u, _ in gpu.inventory()["apps"][pid0]] == [d0["uuid"]]
+    assert [u for u, _ in discovery.inventory()["apps"][pid0]] == [d0["uuid"]]
     img = os.path.join(g.ckroot, "r")
     p, dt = ckpt(g, b, "r0", img)
     assert p.returncode == 0, g.grit.log_error(b)
@@ -280,7 +281,7 @@ def test_restore_onto_another_gpu_by_uuid_remap(g):
     print("remap: %s -> %s; device_pairs %s" % (d0["uuid"], d1["uuid"], rec["device_pairs"]))
     assert [tuple(x) for x in rec["device_pairs"]] == [(d0["uuid"], d1["uuid"])]
     assert helper().state(pid1) == "running"
-    assert [u for u, _ in gpu.inventory()["apps"][pid1]] == [d1["uuid"]]
+    assert [u for u, _ in discovery.inventory()["apps"][pid1]] == [d1["uuid"]]
     g.grit.run(b1, "delete", "--force", "r1")
     seen = read_steps(log)
     ref = reference(log, max(seen), env)

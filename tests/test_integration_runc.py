@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from runc_grit.harness import PipeReader
+from runc_grit.cli.harness import PipeReader
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,10 @@ import subprocess
 
 import pytest
 
+from runc_grit.checkpoint import compat, integrity
+from runc_grit.checkpoint import manifest as _manifest
+
 from conftest import GRIT, Env
-from runc_grit import compat, integrity
-from runc_grit import manifest as _manifest
 from test_integration_runc import assert_continues, checkpoint, start_counter
 
 pytestmark = pytest.mark.integration
@@ -28,7 +29,8 @@ def senv(workdir):
     criu_calls = os.path.join(workdir, "criu-calls")
     wrapper = os.path.join(workdir, "criu-rec")
     with open(wrapper, "w") as f:
-        f.write('#!/bin/sh\necho "$*" >> %s\nexec criu "$@"\n' % criu_calls)
+        # by its path: runc >= 1.2 runs the `criu` first on PATH, which runc-grit makes this
+        f.write('#!/bin/sh\necho "$*" >> %s\nexec %s "$@"\n' % (criu_calls, shutil.which("criu")))
     os.chmod(wrapper, 0o755)
     e = Env(workdir, {"signing_key": key, "require_signature": True, "criu": wrapper})
     e.key, e.criu_calls = key, criu_calls

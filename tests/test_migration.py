@@ -7,9 +7,10 @@ import tarfile
 
 import pytest
 
+from runc_grit.checkpoint import manifest as _manifest
+from runc_grit.oci import bundle as _bundle
+
 from conftest import GRIT, Env
-from runc_grit import bundle as _bundle
-from runc_grit import manifest as _manifest
 from test_integration_runc import assert_continues, checkpoint, start_counter
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from runc_grit.oci import bundle as _bundle
+
 from conftest import Env
-from runc_grit import bundle as _bundle
 from test_integration_runc import assert_continues, checkpoint, start_counter
 
 pytestmark = pytest.mark.integration
@@ -101,7 +102,7 @@ def test_100_lifecycles_16_at_a_time(genv):
     with ThreadPoolExecutor(16) as pool:
         failures = [f for f in pool.map(lifecycle, range(100)) if f]
     assert failures == []
-    from runc_grit.state import list_ids
+    from runc_grit.node.state import list_ids
     assert list_ids(genv.state_dir) == []  # no container's state left (caches may stay)
     assert genv.runc("list", "-q").stdout.split() == []
 
@@ -229,7 +230,7 @@ def test_restore_fault_fails_cleanly_or_starts_fresh(workdir, fault, policy):
                            stdin=subprocess.DEVNULL, stdout=w_out, stderr=w_out, env=e.grit.env,
                            timeout=120)
         os.close(w_out)
-        from runc_grit.harness import PipeReader
+        from runc_grit.cli.harness import PipeReader
         out1 = PipeReader(r_out)
         if killer:
             killer.join()

@@ -8,10 +8,13 @@ import subprocess
 
 import pytest
 
-from conftest import FAKES, Env
 from runc_grit import argv as A
-from runc_grit import gvisor, sandbox_cuda
+from runc_grit.checkpoint import images
 from runc_grit.errors import GritError
+from runc_grit.gpu import sandbox
+from runc_grit.runtimes import runsc as gvisor
+
+from conftest import FAKES, Env
 from test_integration_runc import assert_continues
 
 CTRD_GLOBALS = ["--root", "/run/containerd/runc/k8s.io", "--log", "/b/log.json",
@@ -86,10 +89,13 @@ def test_runsc_checkpoint_refuses_what_runsc_cannot_do(flag, why):
 
 
 def test_runsc_strategy():
-    from runc_grit import compat, runtimes
-    s = runtimes.for_path("/usr/local/sbin/runsc")
-    assert s.own_images and s.image_format == "gVisor" and s.checkpoint_problem() is None
-    assert not runtimes.for_path("/usr/sbin/runc").own_images
+    from runc_grit.checkpoint import compat
+    from runc_grit.runtimes.delegate import Delegate
+    from runc_grit.runtimes.selection import select
+    s = select(Delegate.at("/usr/local/sbin/runsc"))
+    assert isinstance(s, gvisor.Runsc) and s.image_format == "gVisor"
+    assert s.checkpoint_problem() is None
+    assert select(Delegate.at("/usr/sbin/runc")).image_format == "CRIU"
     assert s.globals(A.parse(["--criu", "c", "--root", "/r", "state"]).globals) == ["--root", "/r"]
     # a runsc checkpoint is refused by a runc node and the other way round
     m = {"runtime": {"name": "runsc"}, "criu": {}, "node": {}, "container": {}}
@@ -102,15 +108,15 @@ def test_gvisor_image_checks(tmp_path):
     d = tmp_path / "img"
     d.mkdir()
     with pytest.raises(GritError, match="not a gVisor .runsc. image dir"):
-        gvisor.check_images(str(d))
+        images.check_gvisor(str(d))
     (d / "checkpoint.img").write_bytes(b"\x58\x31\x31\x16CRIU")
     with pytest.raises(GritError, match="no gVisor state-file magic"):
-        gvisor.check_images(str(d))
-    (d / "checkpoint.img").write_bytes(gvisor.MAGIC + b"\0" * 64)
-    gvisor.check_images(str(d))
+        images.check_gvisor(str(d))
+    (d / "checkpoint.img").write_bytes(images.GVISOR_MAGIC + b"\0" * 64)
+    images.check_gvisor(str(d))
     os.symlink("/etc/shadow", d / "pages.img")
     with pytest.raises(GritError, match="symlink"):
-        gvisor.check_images(str(d))
+        images.check_gvisor(str(d))
 
 
 @pytest.mark.parametrize("spec, flags, gpu", [
@@ -123,7 +129,7 @@ def test_gvisor_image_checks(tmp_path):
     ({"annotations": {"cdi.k8s.io/gpu": "nvidia.com/gpu=0"}}, [], True),
 ])
 def test_gpu_container_detection(spec, flags, gpu):
-    assert sandbox_cuda.gpu_container(spec, flags) is gpu
+    assert sandbox.gpu_container(spec, flags) is gpu
 
 
 # --- real runsc ----------------------------------------------------------------------------
@@ -392,7 +398,7 @@ def test_runsc_cuda_two_step_with_fake_helper(renv):
 
     # `restore` called directly (containerd's own restore path) unfreezes them as well
     assert e.grit.run(b2, "delete", "--force", "d1").returncode == 0
-    from runc_grit.harness import PipeReader
+    from runc_grit.cli.harness import PipeReader
     r, w = os.pipe()
     p = subprocess.run(e.grit.argv(b2, "restore", "--detach", "--image-path", img,
                                    "--bundle", b2, "--pid-file", os.path.join(b2, "p2"), "d2"),

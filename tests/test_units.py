@@ -5,9 +5,12 @@ import struct
 
 import pytest
 
-from runc_grit import config, criuconf, fastconf, manifest, runclog, source, spec
+from runc_grit import fastconf
+from runc_grit.checkpoint import images, manifest, source
 from runc_grit.errors import GritError, exit_code
-
+from runc_grit.node import config
+from runc_grit.oci import runclog, spec
+from runc_grit.runtimes import criuconf
 
 # --- spec changes: one test each ----------------------------------------------------------
 
@@ -139,7 +142,7 @@ def test_validated_config_is_cached_until_the_file_changes(tmp_path):
     p.write_text("runtime: crun\nstate_dir: %s\ncuda: {lock_timeout_ms: 5}\n" % state)
     first = config.load(str(p))
     assert (state / config.CACHE).exists() and first.cuda["lock_timeout_ms"] == 5
-    code = ("import sys; from runc_grit import config; c = config.load(%r); "
+    code = ("import sys; from runc_grit.node import config; c = config.load(%r); "
             "print(c.runtime, c.cuda['lock_timeout_ms'], 'yaml' in sys.modules, "
             "'jsonschema' in sys.modules)" % str(p))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -224,7 +227,7 @@ class Conf:
 def make_images(d, with_manifest=True):
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "inventory.img"), "wb") as f:
-        f.write(struct.pack("<I", source.INVENTORY_MAGIC) + b"\x00" * 60)
+        f.write(struct.pack("<I", images.INVENTORY_MAGIC) + b"\x00" * 60)
     with open(os.path.join(d, "pages-1.img"), "wb") as f:
         f.write(b"p" * 4096)
     if with_manifest:
@@ -400,7 +403,7 @@ def test_exit_codes():
 # --- version cache --------------------------------------------------------------------------
 
 def test_version_cache_runs_the_binary_once_per_build(tmp_path):
-    from runc_grit import procs
+    from runc_grit.node import procs
     calls = tmp_path / "calls"
     tool = tmp_path / "tool"
     tool.write_text("#!/bin/sh\necho x >> %s\necho 'tool version 1.2.3'\n" % calls)
@@ -418,7 +421,7 @@ def test_version_cache_runs_the_binary_once_per_build(tmp_path):
 # --- GPU device nodes after a remap ---------------------------------------------------------
 
 def test_gpu_node_script_makes_dev_match_the_spec():
-    from runc_grit.gpu import gpu_node_script
+    from runc_grit.gpu.postresume import gpu_node_script
     spec_devices = [
         {"path": "/dev/nvidia1", "type": "c", "major": 195, "minor": 1, "fileMode": 0o666,
          "uid": 0, "gid": 0},
@@ -430,3 +433,21 @@ def test_gpu_node_script_makes_dev_match_the_spec():
     assert cmds == ["mknod -m 666 /dev/nvidia1 c 195 1 && chown 0:0 /dev/nvidia1",
                     "rm -f /dev/nvidia0"]
     assert gpu_node_script(spec_devices, {"/dev/nvidia1", "/dev/nvidiactl"}) == []
+
+
+def test_configured_criu_is_first_on_the_runtimes_path(tmp_path):
+    """runc >= 1.2 ignores --criu (1.4 refuses it) and runs the criu on PATH: the configured
+    one is put first on the runtime's PATH, alone in its dir, and --criu is never passed."""
+    from runc_grit.node.state import ContainerState
+    from runc_grit.runtimes import runc
+    real = tmp_path / "criu-4.2"
+    real.write_text("#!/bin/sh\n")
+    real.chmod(0o755)
+    conf = config.Config(config.merge({"criu": str(real), "state_dir": str(tmp_path / "s")}))
+    st = ContainerState(conf.state_dir, "c1")
+    env = runc.hook_env(conf, st)
+    first = env["PATH"].split(os.pathsep)[0]
+    assert os.listdir(first) == ["criu"] and os.path.realpath(os.path.join(first, "criu")) == str(real)
+    assert runc.hook_env(conf, st)["PATH"].split(os.pathsep)[0] == first  # the same dir again
+    default = config.Config(config.merge({"state_dir": str(tmp_path / "s")}))
+    assert runc.hook_env(default, st)["PATH"] == os.environ.get("PATH", runc.DEFAULT_PATH)

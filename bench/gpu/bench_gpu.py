@@ -21,9 +21,11 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-from conftest import Env  # noqa: E402
 from gpu.gpuctr import APP_DIR, make_gpu_bundle, read_steps  # noqa: E402
-from runc_grit.cuda.helper import BuiltinHelper  # noqa: E402
+
+from runc_grit.gpu.helper import BuiltinHelper  # noqa: E402
+
+from conftest import Env  # noqa: E402
 
 
 def wait_steps(path, n, timeout=600):

@@ -8,7 +8,7 @@ APP_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def gpu_spec(args, env, logs, annotations=None, devices=None):
-    from runc_grit.bundle import make_spec
+    from runc_grit.oci.bundle import make_spec
     spec = make_spec(args, annotations)
     spec["root"]["readonly"] = True
     spec["process"]["env"] = ["PATH=" + os.environ.get("PATH", "/usr/bin:/bin"),

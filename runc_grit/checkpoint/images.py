@@ -1,0 +1,63 @@
+"""What an image dir must hold, per image format, before a runtime may read it.
+
+  CRIU     CRIU's images; inventory.img starts with CRIU's inventory magic
+  gVisor   runsc's checkpoint.img, which starts with gVisor's state-file magic
+Either way: only regular files and directories, no symlinks (a restore runs as root).
+"""
+import os
+import stat
+import struct
+
+from runc_grit.errors import GritError
+
+INVENTORY = "inventory.img"
+INVENTORY_MAGIC = 0x58313116  # CRIU's INVENTORY_MAGIC, first 4 bytes of inventory.img
+GVISOR_IMAGE = "checkpoint.img"
+GVISOR_MAGIC = b"gVisorSF"
+
+
+def check_entries(image_dir):
+    """The names in an image dir, refusing symlinks and anything but files and dirs."""
+    try:
+        names = os.listdir(image_dir)
+    except OSError as e:
+        raise GritError("restore source %s: %s" % (image_dir, e.strerror), kind="source") from None
+    for name in names:
+        st = os.lstat(os.path.join(image_dir, name))
+        if stat.S_ISLNK(st.st_mode):
+            raise GritError("restore source %s: %s is a symlink; refused" % (image_dir, name),
+                            kind="source")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise GritError("restore source %s: %s is not a regular file" % (image_dir, name),
+                            kind="source")
+    return names
+
+
+def check_criu(image_dir):
+    """Only regular files; an inventory with CRIU's magic."""
+    names = check_entries(image_dir)
+    if INVENTORY not in names:
+        raise GritError("restore source %s: not a CRIU image dir (no %s)" % (image_dir, INVENTORY),
+                        kind="source")
+    with open(os.path.join(image_dir, INVENTORY), "rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or struct.unpack("<I", head[:4])[0] != INVENTORY_MAGIC:
+        raise GritError("restore source %s: corrupt %s (bad CRIU magic)" % (image_dir, INVENTORY),
+                        kind="source")
+
+
+def check_gvisor(image_dir):
+    """A gVisor image dir: only regular files (and dirs), a checkpoint.img with gVisor's magic."""
+    names = check_entries(image_dir)
+    if GVISOR_IMAGE not in names:
+        raise GritError("restore source %s: not a gVisor (runsc) image dir (no %s)"
+                        % (image_dir, GVISOR_IMAGE), kind="source")
+    with open(os.path.join(image_dir, GVISOR_IMAGE), "rb") as f:
+        head = f.read(len(GVISOR_MAGIC))
+    if head != GVISOR_MAGIC:
+        raise GritError("restore source %s: corrupt %s (no gVisor state-file magic)"
+                        % (image_dir, GVISOR_IMAGE), kind="source")
+
+
+def check(image_dir, image_format="CRIU"):
+    (check_gvisor if image_format == "gVisor" else check_criu)(image_dir)

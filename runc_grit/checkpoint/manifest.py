@@ -1,0 +1,170 @@
+"""grit-manifest.json: the commit marker of a checkpoint image dir.
+
+It is written last, atomically, only after the runtime's checkpoint succeeded. A restore
+refuses an image dir whose manifest is missing (unless accept_raw_criu) or invalid, or whose
+files do not match it.
+"""
+import json
+import os
+import platform
+import time
+
+from runc_grit.checkpoint.integrity import sha256_files
+from runc_grit.errors import GritError
+from runc_grit.fsutil import write_json_atomic
+from runc_grit.node.config import load_schema
+
+NAME = "grit-manifest.json"
+# Files in an image dir that are not CRIU images and not listed in the manifest.
+NOT_IMAGES = frozenset((NAME,))
+
+
+def now_rfc3339():
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % int((t % 1) * 1000)
+
+
+def list_images(image_dir, digest=False):
+    out, paths = [], []
+    for name in sorted(os.listdir(image_dir)):
+        if name in NOT_IMAGES or name.startswith("."):
+            continue
+        p = os.path.join(image_dir, name)
+        st = os.lstat(p)
+        if not _is_regular(st):
+            continue
+        out.append({"name": name, "size": st.st_size})
+        paths.append(p)
+    if digest:
+        sums = sha256_files(paths)
+        for item, p in zip(out, paths):
+            item["sha256"] = sums[p]
+    return out
+
+
+def _is_regular(st):
+    import stat
+    return stat.S_ISREG(st.st_mode)
+
+
+def build(container_id, annotations, bundle, runtime, criu, images, timings,
+          leave_running=False, gpu=None):
+    m = {
+        "format": "runc-grit-checkpoint",
+        "format_version": 1,
+        "created": now_rfc3339(),
+        "container": {"id": container_id, "bundle": bundle, "annotations": dict(annotations),
+                      "leave_running": bool(leave_running)},
+        "runtime": runtime,
+        "criu": criu,
+        "node": {"hostname": platform.node(), "kernel": platform.release(),
+                 "arch": platform.machine()},
+        "images": images,
+        "timings": {k: round(v, 6) for k, v in timings.items()},
+    }
+    if gpu:
+        m["gpu"] = gpu
+    # not validated here (jsonschema costs ~100 ms per checkpoint): every reader validates
+    # (load), and the tests validate what build() writes
+    return m
+
+
+def digests_wanted(conf):
+    """List every image's sha256: asked for, or needed because the manifest is signed."""
+    return conf.verify == "digest" or bool(conf.signing_key)
+
+
+def save_spec(bundle, image_dir):
+    """spec.dump: the container's OCI spec, as Podman and checkpointctl keep it."""
+    if bundle:
+        import shutil
+        try:
+            shutil.copyfile(os.path.join(bundle, "config.json"), os.path.join(image_dir, "spec.dump"))
+        except OSError:
+            pass
+
+
+def commit(image_dir, manifest, conf):
+    """Signed (with the node's signing_key, if any), then written: the checkpoint is complete."""
+    if conf.signing_key:
+        from runc_grit.checkpoint import integrity
+        integrity.sign(manifest, integrity.load_key(conf.signing_key))
+    write(image_dir, manifest)
+
+
+def write(image_dir, manifest):
+    write_json_atomic(os.path.join(image_dir, NAME), manifest, indent=1)
+
+
+def prepare_dir(image_dir, what):
+    """The image dir of a new dump: created (0700) if needed, its old manifest removed.
+    GritError (nothing was done to the container) when that fails."""
+    try:
+        os.makedirs(image_dir, mode=0o700, exist_ok=True)
+        remove(image_dir)
+    except OSError as e:
+        raise GritError("%s: image dir %s: %s; the container was not checkpointed and keeps "
+                        "running" % (what, image_dir, e.strerror), kind="checkpoint") from None
+
+
+def remove(image_dir):
+    """Uncommit an image dir before a new dump goes into it."""
+    try:
+        os.unlink(os.path.join(image_dir, NAME))
+    except FileNotFoundError:
+        pass
+
+
+def validate(m, where):
+    import jsonschema
+    schema = load_schema("manifest.schema.json")
+    err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(m))
+    if err is not None:
+        at = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise GritError("%s: invalid manifest at %s: %s" % (where, at, err.message), kind="source")
+
+
+def load(image_dir):
+    """The manifest of image_dir, or None if there is none. Raises on an invalid one."""
+    path = os.path.join(image_dir, NAME)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not _is_regular(st):
+        raise GritError("restore source %s: %s is not a regular file" % (image_dir, NAME),
+                        kind="source")
+    if st.st_size > 16 << 20:
+        raise GritError("restore source %s: %s is too large" % (image_dir, NAME), kind="source")
+    try:
+        with open(path, "rb") as f:
+            m = json.loads(f.read())
+    except (OSError, ValueError) as e:
+        raise GritError("restore source %s: unreadable %s: %s" % (image_dir, NAME, e),
+                        kind="source") from None
+    validate(m, "restore source %s" % image_dir)
+    return m
+
+
+def check_files(image_dir, m, digest=False):
+    """Every image the manifest lists is there, a regular file, of the listed size (and hash)."""
+    for item in m["images"]:
+        p = os.path.join(image_dir, item["name"])
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            raise GritError("restore source %s: image %s listed in the manifest is missing"
+                            % (image_dir, item["name"]), kind="source") from None
+        if not _is_regular(st):
+            raise GritError("restore source %s: image %s is not a regular file"
+                            % (image_dir, item["name"]), kind="source")
+        if st.st_size != item["size"]:
+            raise GritError("restore source %s: image %s has %d bytes, the manifest says %d"
+                            % (image_dir, item["name"], st.st_size, item["size"]), kind="source")
+    if digest:
+        listed = [i for i in m["images"] if "sha256" in i]
+        sums = sha256_files([os.path.join(image_dir, i["name"]) for i in listed])
+        for item in listed:
+            if sums[os.path.join(image_dir, item["name"])] != item["sha256"]:
+                raise GritError("restore source %s: image %s does not match its sha256 in the "
+                                "manifest" % (image_dir, item["name"]), kind="source")

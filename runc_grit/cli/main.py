@@ -1,0 +1,170 @@
+"""runc-grit's own (operator) commands: doctor, demo, cuda-checkpoint, config, gc, hook."""
+import os
+import sys
+
+import click
+
+from runc_grit import __version__
+
+
+def operator_main(args):
+    from runc_grit.errors import GritError, exit_code
+    try:
+        return cli.main(args=list(args), prog_name="runc-grit", standalone_mode=False) or 0
+    except GritError as e:
+        click.echo("runc-grit: %s" % e.message, err=True)
+        return exit_code(e)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.Abort:
+        return 130
+
+
+def full_help(runtime, args):
+    """`runc-grit --help`: the delegate runtime's own help (what a runc user expects), then
+    runc-grit's commands."""
+    import subprocess
+    try:
+        p = subprocess.run([runtime] + list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, timeout=30)
+        out, rc = p.stdout, p.returncode
+    except (OSError, subprocess.TimeoutExpired) as e:
+        out, rc = ("runc-grit: cannot run %s: %s\n" % (runtime, e)).encode(), 127
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
+    ctx = click.Context(cli, info_name="runc-grit")
+    click.echo("\nrunc-grit %s wraps %s: every command above goes to it; create, run, "
+               "checkpoint and restore are\nextended (README.md). runc-grit's own commands:"
+               % (__version__, runtime))
+    width = max(len(n) for n in cli.list_commands(ctx))
+    for name in cli.list_commands(ctx):
+        cmd = cli.get_command(ctx, name)
+        click.echo("   %-*s  %s" % (width, name, cmd.get_short_help_str(80)))
+    click.echo("Run 'runc-grit COMMAND --help' for one of them.")
+    return rc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="runc-grit")
+def cli():
+    """runc-grit operator commands. Every other command goes to the OCI runtime."""
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def doctor(as_json):
+    """Check what this node has and lacks for checkpoint/restore."""
+    from runc_grit.node.doctor import render, run_checks
+    checks = run_checks()
+    click.echo(render(checks, as_json))
+    sys.exit(2 if any(c.blocker and not c.ok for c in checks) else 0)
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Where to build the bundles and images (default: a temp dir).")
+@click.option("--keep", is_flag=True, help="Keep the work dir afterwards.")
+@click.option("--wait", type=float, default=2.0, show_default=True,
+              help="Seconds to let the counter run before the checkpoint.")
+def demo(workdir, keep, wait):
+    """Run a counter container through runc-grit, checkpoint it, restore it elsewhere."""
+    from runc_grit.cli.demo import run_demo
+    sys.exit(run_demo(workdir, keep, wait))
+
+
+@cli.group()
+def config():
+    """Inspect the node configuration."""
+
+
+@config.command("show")
+@click.option("--path", default=None, help="Config file (default: $RUNC_GRIT_CONFIG or /etc/runc-grit/config.yaml).")
+def config_show(path):
+    """Validate the config and print it with defaults filled in."""
+    import yaml
+    from runc_grit.errors import GritError
+    from runc_grit.node.config import load
+    try:
+        conf = load(path)
+    except GritError as e:
+        raise click.ClickException(e.message) from None
+    click.echo(yaml.safe_dump(conf.as_dict(), sort_keys=False), nl=False)
+
+
+@cli.command()
+@click.argument("image_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect(image_dir, as_json):
+    """What a checkpoint holds, and whether this node can restore it (exit 1 if not)."""
+    import json as _json
+    import os as _os
+    from runc_grit import fastconf
+    from runc_grit.cli import inspect as inspect_cmd  # (the click command is named inspect)
+    from runc_grit.node import config as _config
+    from runc_grit.node import procs
+    conf = _config.load()
+    rt = fastconf.which(conf.runtime) or conf.runtime
+    criu = procs.version_of(fastconf.which(conf.criu) or conf.criu, cache_dir=conf.state_dir)
+    rep = inspect_cmd.inspect(image_dir, conf, _os.path.basename(rt), criu)
+    click.echo(_json.dumps(rep, indent=1) if as_json else inspect_cmd.render(rep))
+    return 1 if rep["problems"] else 0
+
+
+@cli.command("export")
+@click.argument("image_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Archive to write (.tar.zst).")
+@click.option("--no-compress", is_flag=True, help="Plain tar instead of zstd.")
+def export_cmd(image_dir, output, no_compress):
+    """Pack a checkpoint into one archive (checkpointctl's layout) to move it to another node."""
+    from runc_grit.checkpoint import archive
+    from runc_grit.checkpoint import manifest as _manifest
+    m = _manifest.load(image_dir)
+    total = sum(i["size"] for i in (m or {}).get("images", []))
+    if sys.stdout.isatty() and total > 64 << 20:
+        with click.progressbar(length=total, label="export") as bar:
+            n = archive.export(image_dir, output, not no_compress, bar.update)
+    else:
+        n = archive.export(image_dir, output, not no_compress)
+    click.echo("%s: %.1f MB of images -> %.1f MB" % (output, n / 1e6, os.path.getsize(output) / 1e6))
+
+
+@cli.command("import")
+@click.argument("archive_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="New image dir to create (under checkpoint_roots, to restore from it).")
+def import_cmd(archive_file, output):
+    """Unpack an exported checkpoint and verify it (manifest, signature, every file)."""
+    from runc_grit.checkpoint import archive
+    from runc_grit.node import config as _config
+    m = archive.import_(archive_file, output, _config.load())
+    click.echo("%s: checkpoint of %s, %d files, verified" % (output, m["container"]["id"],
+                                                             len(m["images"])))
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True)
+def gc(dry_run):
+    """Remove state of containers the runtime no longer knows."""
+    from runc_grit.node.config import load
+    from runc_grit.node.state import ContainerState, list_ids
+    from runc_grit.runtimes.delegate import Delegate
+    conf = load()
+    rt = Delegate(conf.runtime)
+    for cid in list_ids(conf.state_dir):
+        if rt.state(cid) is None:
+            click.echo("stale: %s" % cid)
+            if not dry_run:
+                with ContainerState(conf.state_dir, cid) as st:
+                    st.remove()
+
+
+def _register_cuda():
+    from runc_grit.gpu.cli import cuda_checkpoint
+    cli.add_command(cuda_checkpoint)
+
+
+_register_cuda()

@@ -1,1 +1,0 @@
-"""CUDA checkpoint support: the driver API, helpers with cuda-checkpoint's interface, its CLI."""

@@ -1,0 +1,72 @@
+"""GPU phase on the destination, before anything runs: can this node host a checkpoint's
+CUDA state (GPU count, model, driver), and onto which of its GPUs (UUID pairs for the
+restore) do the source's go? The destination's GPUs are those of the new container's spec."""
+from runc_grit.errors import GritError
+from runc_grit.gpu import discovery
+from runc_grit.gpu import helper as _helper
+
+
+def device_pairs(source_devices, dest_devices):
+    """GPU UUID pairs for a restore: none when every source GPU is here, else source GPUs
+    (by index) onto destination GPUs (by index). Pure."""
+    src = [d["uuid"] for d in sorted(source_devices, key=lambda d: d.get("index", 0))]
+    dst = [d["uuid"] for d in sorted(dest_devices, key=lambda d: d.get("index", 0))]
+    if not src or set(src) <= set(dst):
+        return []
+    if len(dst) < len(src):
+        raise GritError("checkpoint used %d GPU(s); only %d here" % (len(src), len(dst)), kind="gpu")
+    return [(s, d) for s, d in zip(src, dst) if s != d] or []
+
+
+def visible_devices(inv, bundle):
+    """The destination GPUs this container sees: its /dev/nvidiaN devices, else all."""
+    devs = inv["devices"] if inv else []
+    if not bundle:
+        return devs
+    try:
+        from runc_grit.oci import spec as _spec
+        sp = _spec.load(bundle)
+    except GritError:
+        return devs
+    minors = set()
+    for d in (sp.get("linux") or {}).get("devices") or []:
+        path = d.get("path", "")
+        if path.startswith("/dev/nvidia") and path[11:].isdigit():
+            minors.add(int(path[11:]))
+    chosen = [d for d in devs if d.get("minor", d["index"]) in minors]
+    return chosen or devs
+
+
+def check_destination(m, conf, bundle=None):
+    """Refuse a checkpoint with CUDA state this node cannot host (count, model, driver).
+    Returns the GPU UUID pairs the restore remaps (possibly none), or None when the
+    checkpoint holds no CUDA state."""
+    g = (m or {}).get("gpu") or {}
+    if not g.get("processes"):
+        return None
+    src = g.get("devices") or []
+    if conf.cuda.get("enabled") == "never":
+        raise GritError("checkpoint holds CUDA state but cuda.enabled is 'never' here", kind="gpu")
+    if not src:
+        # the source recorded no GPU inventory: all we can check is that a helper is here
+        _helper.for_config(conf, required=True)
+        return []
+    inv = discovery.inventory()
+    if not inv or not inv["devices"]:
+        raise GritError("checkpoint holds CUDA state of %d GPU(s) (%s); this node has no NVIDIA GPU"
+                        % (len(src), ", ".join(sorted({d.get("name", "?") for d in src})) or "?"),
+                        kind="gpu")
+    if len(inv["devices"]) < len(src):
+        raise GritError("checkpoint used %d GPU(s); this node has %d" % (len(src), len(inv["devices"])),
+                        kind="gpu")
+    if conf.cuda.get("require_same_gpu_model", True):
+        have = {d["name"] for d in inv["devices"]}
+        for d in src:
+            if d.get("name") and d["name"] not in have:
+                raise GritError("checkpoint GPU model %s; this node has %s"
+                                % (d["name"], ", ".join(sorted(have))), kind="gpu")
+    want = g.get("driver_version")
+    if want and inv.get("driver_version") and want.split(".")[0] != inv["driver_version"].split(".")[0]:
+        raise GritError("checkpoint made with NVIDIA driver %s; this node has %s"
+                        % (want, inv["driver_version"]), kind="gpu")
+    return device_pairs(src, visible_devices(inv, bundle))

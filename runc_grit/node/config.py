@@ -1,0 +1,177 @@
+"""The node configuration: YAML, validated with jsonschema, defaults filled in."""
+import copy
+import json
+import os
+
+from runc_grit import fastconf
+from runc_grit.errors import GritError
+
+# runc_grit/: its schemas/ and hooks/ are found from here however runc-grit is installed
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+DEFAULTS = {
+    "runtime": "runc",
+    "runtime_flags": [],
+    "criu": "criu",
+    "checkpoint_roots": ["/var/lib/runc-grit/checkpoints"],
+    "state_dir": "/run/runc-grit",
+    "criu_options": [],
+    "on_restore_failure": "fail",
+    "accept_raw_criu": False,
+    "hook_script": None,
+    "verify": "size",
+    "restore_cgroups": "ignore",
+    "signing_key": None,
+    "require_signature": False,
+    "cuda": {
+        "enabled": "auto",
+        "helper": "builtin",
+        "lock_timeout_ms": 10000,
+        "require_same_gpu_model": True,
+        "library": "libcuda.so.1",
+        "sandbox_helper": "/usr/local/bin/cuda-checkpoint",
+    },
+}
+
+
+def load_schema(name):
+    from importlib import resources
+    return json.loads(resources.files("runc_grit").joinpath("schemas", name).read_text())
+
+
+class Config:
+    """Validated settings. Attribute access for top-level keys; ``cuda`` is a dict."""
+
+    def __init__(self, data, path=None):
+        self._data = data
+        self.path = path
+
+    def __getattr__(self, key):
+        try:
+            return self._data[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def as_dict(self):
+        return copy.deepcopy(self._data)
+
+
+def _key_path(err):
+    parts = [str(p) for p in err.absolute_path]
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        parts += extra[:1]
+    return ".".join(parts) or "(top level)"
+
+
+def validate(data, source="config"):
+    import jsonschema
+    schema = load_schema("config.schema.json")
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data),
+                    key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        raise GritError("%s: invalid key %s: %s" % (source, _key_path(e), e.message), kind="config")
+
+
+def merge(data):
+    out = copy.deepcopy(DEFAULTS)
+    for k, v in data.items():
+        if k == "cuda":
+            out["cuda"].update(v)
+        else:
+            out[k] = v
+    return out
+
+
+CACHE = "config-cache.json"
+
+
+def _cache_key(path):
+    """What a cached validation depends on: the config file's identity and this package's
+    schema (an upgrade with a new schema validates again)."""
+    st = os.stat(path)
+    schema = os.path.join(PACKAGE_DIR, "schemas", "config.schema.json")
+    sst = os.stat(schema)
+    return [os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+            st.st_ctime_ns, sst.st_size, sst.st_mtime_ns]
+
+
+def _cache_path(path):
+    fast = fastconf.read(path)
+    return os.path.join(fast["state_dir"], CACHE) if fast else None
+
+
+def _cached(path):
+    """The validated config from the state dir's cache, when the file is unchanged: spares
+    every intercepted command the YAML parser and jsonschema (~150 ms)."""
+    try:
+        cp = _cache_path(path)
+        if cp is None:
+            return None
+        with open(cp) as f:
+            data = json.load(f)
+        if data.get("key") == _cache_key(path) and isinstance(data.get("config"), dict):
+            return data["config"]
+    except (OSError, ValueError, TypeError):
+        pass
+    return None
+
+
+def _remember(path, merged):
+    try:
+        cp = _cache_path(path)
+        if cp is None:
+            return
+        from runc_grit.fsutil import write_json_atomic
+        os.makedirs(os.path.dirname(cp), mode=0o700, exist_ok=True)
+        write_json_atomic(cp, {"key": _cache_key(path), "config": merged}, mode=0o600)
+    except OSError:
+        pass
+
+
+def load(path=None):
+    path = path or fastconf.config_path()
+    cached = _cached(path)
+    if cached is not None:
+        return Config(cached, path)
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except FileNotFoundError:
+        if path != fastconf.DEFAULT_PATH:
+            raise GritError("config %s: no such file" % path, kind="config") from None
+        return Config(merge({}), None)
+    except OSError as e:
+        raise GritError("config %s: %s" % (path, e.strerror), kind="config") from None
+    import yaml
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = " at line %d" % (mark.line + 1) if mark is not None else ""
+        raise GritError("config %s: bad YAML%s: %s" % (path, where, getattr(e, "problem", e)),
+                        kind="config") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise GritError("config %s: top level must be a mapping" % path, kind="config")
+    validate(data, "config %s" % path)
+    merged = merge(data)
+    _remember(path, merged)
+    return Config(merged, path)
+
+
+def hook_script(conf):
+    """The CRIU action script every container's CRIU config names: the config's, else the
+    one inside this package (found the same way however runc-grit is installed: editable,
+    pip + launcher, console script)."""
+    if conf.hook_script:
+        return conf.hook_script
+    path = os.path.join(PACKAGE_DIR, "hooks", "grit-hook")
+    if not os.path.isfile(path):
+        raise GritError("CRIU action script %s not found; set hook_script in the config" % path,
+                        kind="config")
+    if not os.access(path, os.X_OK):
+        raise GritError("CRIU action script %s is not executable" % path, kind="config")
+    return path

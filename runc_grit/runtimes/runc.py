@@ -1,0 +1,306 @@
+"""runc (and every runc-compatible runtime): checkpoints are CRIU's, and the GPU steps run in
+CRIU's action script (runtimes.actionscript), named by the CRIU config every container's
+config.json points at (runtimes.criuconf).
+
+  create             config.json -> the shared CRIU config; the runtime's own create
+  restore-on-create  the source checked (roots, manifest, signature, compatibility, GPUs),
+                     the rootfs diff applied, then `runc restore --detach` with the create's
+                     bundle, pid file, console socket and stdio; post-resume's CUDA result
+                     checked (CRIU ignores a failing post-resume script)
+  checkpoint         `runc checkpoint`, guarded; on failure or --leave-running the CUDA
+                     rollback; on success spec.dump, the rootfs diff and the manifest (last)
+  restore            `runc restore` as called, with the action script's environment
+"""
+import hashlib
+import json
+import os
+import sys
+import time
+
+from runc_grit import argv as _argv
+from runc_grit import fastconf
+from runc_grit.checkpoint import manifest, source
+from runc_grit.errors import GritError
+from runc_grit.gpu import destination, postresume, records, rollback
+from runc_grit.node import config as _config
+from runc_grit.node import procs
+from runc_grit.oci import spec as _spec
+from runc_grit.oci.runclog import last_error
+from runc_grit.runtimes import criuconf
+from runc_grit.runtimes.base import Runtime
+
+
+class Runc(Runtime):
+    name = "runc"
+
+    # -- create ----------------------------------------------------------------------------
+    def create(self, req):
+        prepare_spec(req)
+        return super().create(req)
+
+    def restore_on_create(self, req):
+        prepare_spec(req)
+        conf, st, cid = req.conf, req.st, req.cid
+        try:
+            self.require_checkpoint("restore of %s" % cid)
+            image_dir, m = source.validate(req.restore.path, conf)
+            from runc_grit.checkpoint import compat
+            compat.check(m, "restore source %s" % req.restore.path, os.path.basename(self.rt.path),
+                         criu_version(conf), _spec.annotations(req.spec))
+            pairs = destination.check_destination(m, conf, req.bundle)
+            _apply_rootfs_diff(image_dir, req)
+        except GritError as e:
+            return req.give_up(e, "restore from %s refused: %s" % (req.restore.path, e.message))
+        work = st.path("criu-work")
+        os.makedirs(work, exist_ok=True)
+        inv = req.inv
+        detach = inv.command == "create" or inv.has("detach")
+        try:
+            rargs, dropped = _argv.create_to_restore(inv, image_dir, work, detach=detach)
+        except _argv.ArgvError as e:
+            st.remove()
+            raise GritError("restore of %s from %s refused: %s" % (cid, req.restore.path, e),
+                            kind="usage")
+        for flag in dropped:
+            req.log.debug("restore has no --%s; dropped" % flag)
+        st.write({"id": cid, "bundle": req.bundle, "created": time.time(),
+                  "restored_from": image_dir, "annotation": req.restore.annotation,
+                  "phase": "restoring"})
+        req.log.debug("restoring %s from %s" % (cid, image_dir))
+        t0 = time.monotonic()
+        extra = {"RUNC_GRIT_IMAGE_DIR": image_dir}
+        if pairs is not None:
+            extra["RUNC_GRIT_DEVICE_PAIRS"] = json.dumps(pairs)
+        if detach:
+            procs.become_subreaper()
+        rc, _ = procs.run(self.rt.command(rargs), env=hook_env(conf, st, extra),
+                          guard=self.rt.guard_job("restore", st) if detach else None)
+        elapsed = time.monotonic() - t0
+        ok = rc == 0 and (not detach or self.rt.state(cid) is not None)
+        reason = None
+        if ok and detach:
+            why = postresume.resume_failure(st, pairs is not None)
+            if why:  # the tasks run, but their CUDA state is still checkpointed: not a restore
+                ok, reason = False, "CUDA state not resumed: %s" % why
+        if ok:
+            st.update(phase="restored", restore_seconds=elapsed)
+            if inv.command == "create":
+                st.mark_restored()
+            req.log.debug("restored %s in %.3fs" % (cid, elapsed))
+            return 0 if detach else rc
+        reason = reason or failure_reason(inv, work, rc)
+        self.rt.force_delete(cid)
+        self.rt.release_restore_mounts(cid)
+        if detach:
+            procs.kill_adopted()  # tasks a killed or failed CRIU left behind
+        msg = "restore from %s failed: %s" % (image_dir, reason)
+        return req.give_up(GritError(msg, kind="restore"))
+
+    # -- restore (called directly, e.g. by containerd's own restore) -----------------------
+    def restore(self, req):
+        conf, st, cid, inv = req.conf, req.st, req.cid, req.inv
+        # the caller chose a cgroup mode: the CRIU config (which would win) names none
+        prepare_spec(req, "runtime" if inv.value("manage-cgroups-mode") else None)
+        image_dir = inv.value("image-path") or os.path.join(os.getcwd(), "checkpoint")
+        st.write({"id": cid, "bundle": req.bundle, "created": time.time(),
+                  "restored_from": os.path.abspath(image_dir), "phase": "restoring"})
+        rc, _ = procs.run(self.rt.command(req.args),
+                          env=hook_env(conf, st, {"RUNC_GRIT_IMAGE_DIR": image_dir}))
+        why = postresume.resume_failure(st, False) if rc == 0 else None
+        if why:
+            self.rt.force_delete(cid)
+            st.remove()
+            raise GritError("restore of %s: CUDA state not resumed: %s" % (cid, why),
+                            kind="restore")
+        if rc == 0:
+            st.update(phase="restored")
+        elif self.rt.state(cid) is None:
+            st.remove()
+        return rc
+
+    # -- checkpoint ------------------------------------------------------------------------
+    def checkpoint(self, req):
+        conf, inv, cid, info, log, rt = req.conf, req.inv, req.cid, req.info, req.log, self.rt
+        self.require_checkpoint("checkpoint of %s" % cid)
+        ann = info.get("annotations") or {}
+        criuconf.recreate(ann.get(criuconf.ANNOTATION), conf.state_dir,
+                          criu_config(conf, criuconf.user_config(ann, conf.state_dir)))
+        image_dir = os.path.abspath(inv.value("image-path")
+                                    or os.path.join(os.getcwd(), "checkpoint"))
+        leave_running = inv.has("leave-running")
+        pre_dump = inv.has("pre-dump")
+        st = req.st
+        had_state = st.exists()
+        with st:
+            manifest.prepare_dir(image_dir, "checkpoint of %s" % cid)
+            records.reset_records(st)
+            t0 = time.monotonic()
+            rc, _ = procs.run(rt.command(req.args),
+                              env=hook_env(conf, st, {"RUNC_GRIT_IMAGE_DIR": image_dir}),
+                              guard=rt.guard_job("checkpoint", st,
+                                                 was_paused=info.get("status") == "paused"))
+            dump_s = time.monotonic() - t0
+            resumed = []
+            if rc != 0 and info.get("status") != "paused":
+                after = rt.state(cid)
+                if after is not None and after.get("status") == "paused":
+                    # CRIU died between freezing the cgroup and thawing it
+                    rt.resume(cid)
+                    log.warning("checkpoint of %s failed with the container frozen; resumed it"
+                                % cid)
+            if rc != 0 or leave_running:
+                # The source keeps computing: undo the CUDA checkpoint of every process the
+                # action script locked or checkpointed.
+                resumed = rollback.epilogue(st, conf, log)
+            if rc != 0:
+                reason = failure_reason(inv, inv.value("work-path") or image_dir, rc)
+                if not had_state and rt.state(cid) is None:
+                    st.remove()
+                raise GritError("checkpoint of %s failed; the container was not checkpointed "
+                                "and keeps running: %s" % (cid, reason), kind="checkpoint",
+                                exit_code=rc)
+            if pre_dump:
+                return 0
+            t1 = time.monotonic()
+            diff = None
+            manifest.save_spec(info.get("bundle"), image_dir)
+            if info.get("rootfs"):
+                from runc_grit.checkpoint import rootfsdiff
+                diff = rootfsdiff.capture(info["rootfs"], image_dir)
+            images = manifest.list_images(image_dir, digest=manifest.digests_wanted(conf))
+            timings = {"checkpoint_s": dump_s}
+            timings.update(records.hook_timings(st))
+            timings["manifest_s"] = time.monotonic() - t1
+            m = manifest.build(
+                cid, ann, info.get("bundle"), self.describe(conf.state_dir),
+                {"path": conf.criu, "version": criu_version(conf)},
+                images, timings, leave_running=leave_running, gpu=records.manifest_section(st),
+            )
+            if diff is not None:
+                m["rootfs_diff"] = {"entries": diff[0], "deleted": diff[1]}
+            manifest.commit(image_dir, m, conf)
+            log.debug("checkpoint of %s committed to %s (%d files, %.3fs)"
+                      % (cid, image_dir, len(images), dump_s))
+            if resumed:
+                log.debug("CUDA resumed in %s" % ",".join(str(p) for p in resumed))
+            if not leave_running and rt.state(cid) is None and not had_state:
+                st.remove()
+            return 0
+
+
+# --- the CRIU config, the action script's environment, CRIU itself -------------------------
+
+def criu_config(conf, user, cgroups_mode=None):
+    return criuconf.content(_config.hook_script(conf), conf.criu_options, user,
+                            conf.restore_cgroups if cgroups_mode is None else cgroups_mode)
+
+
+def prepare_spec(req, cgroups_mode=None):
+    """Point the bundle's config.json at the shared CRIU config (criuconf). The change is
+    the same for every container of the bundle, so config.json is written at most once, and
+    never when it already names that config. A bundle runc-grit cannot write keeps working
+    as with runc, without the action script (logged)."""
+    conf, spec = req.conf, req.spec
+    ann = _spec.annotations(spec)
+    user = criuconf.user_config(ann, conf.state_dir)
+    path = criuconf.ensure(conf.state_dir, criu_config(conf, user, cgroups_mode))
+    changes = []
+    if ann.get(criuconf.ANNOTATION) != path:
+        changes.append(_spec.set_criu_config(path))
+    if user is not None and ann.get(criuconf.USER_ANNOTATION) != user:
+        changes.append(_spec.set_annotation(criuconf.USER_ANNOTATION, user))
+    if not changes:
+        return
+    _spec.apply(spec, changes)
+    try:
+        _spec.save(req.bundle, spec, req.spec_name)
+    except OSError as e:
+        req.log.warning("bundle %s: cannot write %s (%s); the container runs without "
+                        "runc-grit's CRIU action script" % (req.bundle, req.spec_name, e.strerror))
+
+
+def hook_env(conf, st, extra=None):
+    """Environment for the runtime, so CRIU's action script finds this container's state.
+
+    The hook's Python starts without site (-S) and gets this process's import path and its
+    already validated config as JSON: no YAML parser, no schema validation, no .pth scan in
+    the dump's critical path."""
+    env = dict(os.environ)
+    env["RUNC_GRIT_STATE"] = st.dir
+    if conf.path:
+        env["RUNC_GRIT_CONFIG"] = conf.path
+    env["RUNC_GRIT_PYTHON"] = sys.executable
+    env["RUNC_GRIT_PYTHONPATH"] = procs.import_path()
+    env["RUNC_GRIT_HOOK_CONF"] = json.dumps(conf.as_dict())
+    if conf.criu and conf.criu != "criu":
+        env["PATH"] = criu_dir(conf) + os.pathsep + env.get("PATH", DEFAULT_PATH)
+    if extra:
+        env.update(extra)
+    return env
+
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def criu_dir(conf):
+    """A dir holding only `criu`, the configured CRIU, to put first on the runtime's PATH.
+    runc >= 1.2 runs the criu it finds on PATH whatever --criu says (1.3 warns on stderr,
+    which on a restore-on-create is the container's; 1.4 refuses the flag), and runc 1.1 and
+    crun look there too when no --criu is given: so runc-grit never passes --criu."""
+    target = os.path.abspath(fastconf.which(conf.criu) or conf.criu)
+    d = os.path.join(conf.state_dir, "criu-bin",
+                     hashlib.sha256(target.encode()).hexdigest()[:16])
+    link = os.path.join(d, "criu")
+    if os.path.islink(link) and os.readlink(link) == target:
+        return d
+    os.makedirs(d, mode=0o755, exist_ok=True)
+    tmp = "%s.%d" % (link, os.getpid())
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    return d
+
+
+def criu_version(conf):
+    path = fastconf.which(conf.criu) or conf.criu
+    return procs.version_of(path, cache_dir=conf.state_dir)
+
+
+def failure_reason(inv, work_dir, rc):
+    parts = []
+    log_path = inv.global_value("log")
+    msg = last_error(log_path) if log_path else None
+    if msg:
+        parts.append(msg)
+    criu_err = _criu_error(work_dir, ("restore.log", "dump.log"))
+    if criu_err:
+        parts.append("criu: " + criu_err)
+    return "; ".join(parts) or "runtime exited with status %d" % rc
+
+
+def _criu_error(work_dir, names):
+    if not work_dir:
+        return None
+    for name in names:
+        try:
+            with open(os.path.join(work_dir, name), "rb") as f:
+                lines = f.read()[-200000:].decode("utf-8", "replace").splitlines()
+        except OSError:
+            continue
+        if not any("FAILED" in ln for ln in lines):
+            # CRIU did not reach its own failure report: it was killed
+            return "%s ends without a result (CRIU was killed?)" % name
+        errs = [ln.split("):", 1)[-1].strip() for ln in lines if "Error (" in ln]
+        # the last error is the one that stopped CRIU; earlier ones are often harmless
+        if errs:
+            return errs[-1][:300]
+    return None
+
+
+def _apply_rootfs_diff(image_dir, req):
+    """The files the source container had written into its rootfs, into the new rootfs."""
+    from runc_grit.checkpoint import rootfsdiff
+    root = (req.spec.get("root") or {}).get("path") or "rootfs"
+    rootfs = root if os.path.isabs(root) else os.path.join(req.bundle, root)
+    done = rootfsdiff.apply(image_dir, rootfs)
+    if done:
+        req.log.debug("rootfs diff applied to %s: %d entries, %d deleted" % ((rootfs,) + done))
