@@ -4,12 +4,68 @@
 #                 (install/deps.sh), with the libraries they load, and the xtables modules
 #   .carry/debs   Debian's runc .deb
 #   .carry/whl    wheels the device's Python 3.12 lacks (jsonschema and its deps, nvidia-ml-py)
+#   .carry/stacks/<name>  only with CARRY_STACKS="current" (names of install/stacks.sh): that
+#                 stack's executables (CARRY_STACK_EXES, default runc criu containerd
+#                 containerd-shim-runc-v2 ctr crun) with the libraries and the loader they load,
+#                 as stack.tar.xz. The executables are patchelf'd for /opt/rg/stacks/<name>
+#                 (interpreter and RPATH are absolute: runc re-executes itself, also from a memfd
+#                 copy, where $ORIGIN would not work); bench/gpu/stack_env.sh unpacks them there
+#                 on the device and prints the PATH to use.
 # Run here after `sudo bash install/bootstrap.sh`; then pass carry=[".carry"] to the device run.
+# CARRY_ONLY_STACKS=1 rebuilds .carry/stacks only, keeping the rest of .carry.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 P=/opt/runc-grit/criu
 L=$P/usr/lib/x86_64-linux-gnu:$P/lib/x86_64-linux-gnu
 C=.carry
+carry_stack() {   # NAME: .carry/stacks/NAME/{stack.tar.xz,DEST,versions}
+  local name=$1 bin dest=/opt/rg/stacks/$1 out=$C/stacks/$1 w exe real prefix ld L lib pe
+  bin=$(bash install/stacks.sh "$name")
+  pe=$(command -v patchelf || echo /opt/runc-grit/pkgs/bookworm-patchelf/usr/bin/patchelf)
+  w=$(mktemp -d); mkdir -p "$w/bin" "$w/lib"
+  local pairs=() p
+  for exe in ${CARRY_STACK_EXES:-runc criu containerd containerd-shim-runc-v2 ctr crun}; do
+    real=$(readlink -f "$bin/$exe"); pairs+=("$exe=$real")
+    # CRIU's helper `ip` (iproute2; the device has none): CRIU runs it for a network namespace
+    # with more than a loopback (crun's containers)
+    [ "$exe" != criu ] || [ ! -x "${real%/*}/ip" ] || pairs+=("ip=${real%/*}/ip")
+  done
+  for p in "${pairs[@]}"; do
+    exe=${p%%=*}; real=${p#*=}; prefix=${real%/grit-bin/*}
+    cp "$real" "$w/bin/$exe"
+    "$pe" --print-interpreter "$real" >/dev/null 2>&1 || continue      # static: as it is
+    ld=$("$pe" --print-interpreter "$real")
+    L=$prefix/usr/lib/x86_64-linux-gnu:$prefix/lib/x86_64-linux-gnu
+    # the libraries it loads, and the ones it dlopens (crun: libcriu)
+    { "$ld" --library-path "$L" --list "$real"
+      [ "$exe" != crun ] || "$ld" --library-path "$L" --list "$prefix/usr/lib/x86_64-linux-gnu/libcriu.so.2"
+      [ "$exe" != crun ] || echo " libcriu.so.2 => $prefix/usr/lib/x86_64-linux-gnu/libcriu.so.2 (0)"
+    } | awk '/=> \// {print $3}' | while read -r lib; do
+      if [ -e "$w/lib/${lib##*/}" ] && ! cmp -s "$lib" "$w/lib/${lib##*/}"; then
+        echo "make_carry: two different ${lib##*/} in stack $name" >&2; exit 1
+      fi
+      cp -L "$lib" "$w/lib/"
+    done
+    if [ -e "$w/lib/ld-linux-x86-64.so.2" ] && ! cmp -s "$ld" "$w/lib/ld-linux-x86-64.so.2"; then
+      echo "make_carry: two different loaders in stack $name" >&2; exit 1
+    fi
+    cp -L "$ld" "$w/lib/ld-linux-x86-64.so.2"
+    # glibc dlopens libgcc_s for unwinding (abort backtraces, pthread_cancel)
+    [ ! -e "$prefix/usr/lib/x86_64-linux-gnu/libgcc_s.so.1" ] || cp -L "$prefix/usr/lib/x86_64-linux-gnu/libgcc_s.so.1" "$w/lib/"
+    "$pe" --set-interpreter "$dest/lib/ld-linux-x86-64.so.2" --set-rpath "$dest/lib" --force-rpath "$w/bin/$exe"
+  done
+  grep -E "^($(echo ${CARRY_STACK_EXES:-runc criu containerd containerd-shim-runc-v2 ctr crun} | tr ' ' '|'))\s" \
+    "/opt/runc-grit/stacks/$name/versions" > "$w/versions"
+  rm -rf "$out"; mkdir -p "$out"
+  cp "$w/versions" "$out/versions"; echo "$dest" > "$out/DEST"
+  tar -C "$w" -cf - bin lib versions | xz -T0 -6 > "$out/stack.tar.xz"
+  echo "make_carry: stack $name: $(du -sh "$w" | cut -f1) unpacked, $(du -sh "$out/stack.tar.xz" | cut -f1) as stack.tar.xz" >&2
+  rm -rf "$w"
+}
+if [ "${CARRY_ONLY_STACKS:-0}" = 1 ]; then
+  rm -rf "$C/stacks"; for s in ${CARRY_STACKS:-current}; do carry_stack "$s"; done
+  du -sh "$C"/*; du -sh "$C"; exit 0
+fi
 rm -rf "$C" && mkdir -p "$C/criu/lib" "$C/criu/usr/sbin" "$C/debs" "$C/whl"
 cp "$P/usr/sbin/criu" "$P/usr/sbin/xtables-legacy-multi" "$C/criu/usr/sbin/"
 cp -r "$P/usr/lib/x86_64-linux-gnu/xtables" "$C/criu/xtables"
@@ -26,4 +82,5 @@ mkdir -p "$C/extra"
 trixie_fetch "$C/extra" runsc
 pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
   -d "$C/whl" jsonschema jsonschema-specifications referencing rpds-py nvidia-ml-py
-du -sh "$C"
+for s in ${CARRY_STACKS:-}; do carry_stack "$s"; done
+du -sh "$C"/*; du -sh "$C"
