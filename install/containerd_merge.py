@@ -9,6 +9,8 @@ appended to config.toml between two marker lines, and nothing else in the file c
 
   containerd_merge.py add    CONFIG TABLES_FILE RECORD_DIR   (idempotent)
   containerd_merge.py remove CONFIG RECORD_DIR
+  containerd_merge.py version CONFIG     prints the file's config version, or "none" when
+                                         there is no file or nothing in it
 RECORD_DIR keeps a copy of the config as found. Standard library only: this runs before
 runc-grit's venv exists.
 """
@@ -108,6 +110,10 @@ def main(argv):
         changed = add(argv[1], argv[2], argv[3])
         print("containerd config %s: %s" % (argv[1], "runtime grit added" if changed
                                              else "unchanged"))
+        return 0
+    if len(argv) == 2 and argv[0] == "version":
+        text = _read(argv[1])
+        print(config_version(text) if text and text.strip() else "none")
         return 0
     if len(argv) == 3 and argv[0] == "remove":
         remove(argv[1], argv[2])

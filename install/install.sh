@@ -5,15 +5,19 @@
 # Running it twice changes nothing. containerd is restarted only with --restart-containerd.
 #
 #   install/install.sh [--destdir DIR] [--venv DIR] [--containerd-version 1|2] [--k3s]
-#                      [--restart-containerd] [--no-doctor]
+#                      [--signing-key FILE] [--restart-containerd] [--no-doctor]
 #   --destdir DIR   install into a scratch root (tests, image builds); implies --no-doctor
 #   --venv DIR      use this existing venv (with runc-grit installed) instead of making one
-#   --k3s           also write k3s's config.toml.tmpl (k3s regenerates config.toml)
+#   --containerd-version 1|2   the containerd the tables are for (default: `containerd --version`,
+#                   else 1): 1 = config version 2 tables; 2 = version 3 tables, or the version 2
+#                   ones when the node's config.toml is still version 2 (containerd 2.x migrates it)
+#   --k3s           also write k3s's template (k3s regenerates config.toml): config.toml.tmpl
+#                   (version 2) for containerd 1.x, config-v3.toml.tmpl for containerd 2.x
 # Needs: python3 (>= 3.9) with venv; the runtime dependencies are installed by
 # install/deps.sh (runc, CRIU >= 4.1, iptables), which this script does not run.
 set -euo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
-DESTDIR= VENV= CTRD_VERSION= K3S=0 RESTART=0 DOCTOR=1
+DESTDIR= VENV= CTRD_VERSION= K3S=0 RESTART=0 DOCTOR=1 SIGNING_KEY=
 while [ $# -gt 0 ]; do
   case "$1" in
     --destdir) DESTDIR=$2; DOCTOR=0; shift 2 ;;
@@ -22,6 +26,7 @@ while [ $# -gt 0 ]; do
     --k3s) K3S=1; shift ;;
     --restart-containerd) RESTART=1; shift ;;
     --no-doctor) DOCTOR=0; shift ;;
+    --signing-key) SIGNING_KEY=$2; shift 2 ;;
     *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -48,7 +53,23 @@ if [ "$(readlink "$DESTDIR$BIN" 2>/dev/null)" != "$VENV/bin/runc-grit" ]; then
   say "linked $BIN -> $VENV/bin/runc-grit"
 fi
 
-# 2. the node config, only if absent
+# 2. the node's signing key (0600, root): checkpoints are signed with it and restores verify it
+KEY=/etc/runc-grit/signing.key
+mkdir -p "$DESTDIR/etc/runc-grit"
+if [ -n "$SIGNING_KEY" ]; then
+  if ! cmp -s "$SIGNING_KEY" "$DESTDIR$KEY"; then
+    (umask 077; cp "$SIGNING_KEY" "$DESTDIR$KEY.tmp") && chmod 600 "$DESTDIR$KEY.tmp" &&
+      mv -f "$DESTDIR$KEY.tmp" "$DESTDIR$KEY"
+    say "installed the signing key from $SIGNING_KEY at $KEY"
+  fi
+elif [ ! -e "$DESTDIR$KEY" ]; then
+  (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$DESTDIR$KEY.tmp"; echo >> "$DESTDIR$KEY.tmp")
+  mv -f "$DESTDIR$KEY.tmp" "$DESTDIR$KEY"
+  cp -a "$DESTDIR$KEY" "$REC/signing.key.made"
+  say "made a signing key at $KEY (nodes that exchange checkpoints need the same one: README)"
+fi
+
+# 3. the node config, only if absent
 CONF=$DESTDIR/etc/runc-grit/config.yaml
 if [ ! -e "$CONF" ]; then
   mkdir -p "$(dirname "$CONF")" "$DESTDIR/var/lib/runc-grit/checkpoints"
@@ -62,30 +83,53 @@ checkpoint_roots:
   - /var/lib/runc-grit/checkpoints
 state_dir: /run/runc-grit
 on_restore_failure: fail
+# restores run CRIU as root on files a pod points at (docs/security.md):
+signing_key: /etc/runc-grit/signing.key
+require_signature: true      # false allows unsigned restores: an explicit choice doctor warns about
+privilege_check: enforce     # the image's credentials, capabilities, seccomp, namespaces vs the spec
+staging: copy                # verify and restore a root-only copy
 EOF
   cp "$CONF" "$REC/config.yaml.written"
   say "wrote /etc/runc-grit/config.yaml"
 fi
 
-# 3. containerd: the runtime tables, appended to config.toml between marker lines
+# 4. containerd: the runtime tables, appended to config.toml between marker lines
 if [ -z "$CTRD_VERSION" ]; then
   CTRD_VERSION=1
   if command -v containerd >/dev/null; then
     case "$(containerd --version 2>/dev/null | awk '{print $3}')" in v2*|2*) CTRD_VERSION=2 ;; esac
   fi
 fi
-python3 "$SRC/install/containerd_merge.py" add "$DESTDIR/etc/containerd/config.toml" \
-  "$SRC/containerd-config/containerd-$CTRD_VERSION.x.toml" "$REC"
+case "$CTRD_VERSION" in
+  1|2) ;; *) echo "install.sh: --containerd-version is 1 or 2" >&2; exit 2 ;;
+esac
+CTRD_CONF=$DESTDIR/etc/containerd/config.toml
+DROPIN=$SRC/containerd-config/containerd-$CTRD_VERSION.x.toml
+# containerd 2.x still reads a version 2 config.toml (it migrates it when it loads it): such a
+# file gets the version 2 tables, which 2.x migrates along with the rest of the file
+if [ "$CTRD_VERSION" = 2 ] &&
+   [ "$(python3 "$SRC/install/containerd_merge.py" version "$CTRD_CONF")" = 2 ]; then
+  DROPIN=$SRC/containerd-config/containerd-1.x.toml
+fi
+python3 "$SRC/install/containerd_merge.py" add "$CTRD_CONF" "$DROPIN" "$REC"
 
-# 4. k3s regenerates its config.toml; its template is the place that survives
+# 5. k3s regenerates its config.toml; its template is the place that survives. k3s with
+# containerd 2.x (k3s >= 1.31.6 / 1.32.2) renders config-v3.toml.tmpl (config version 3) and
+# falls back to config.toml.tmpl (version 2) only when there is none; k3s with containerd 1.x
+# reads config.toml.tmpl alone. uninstall.sh puts back what was there (REC/<name>.orig).
 if [ "$K3S" = 1 ]; then
-  TMPL=$DESTDIR/var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl
+  if [ "$CTRD_VERSION" = 2 ]; then
+    TNAME=config-v3.toml.tmpl TSRC=k3s-config-v3.toml.tmpl TREC=k3s-tmpl-v3
+  else
+    TNAME=config.toml.tmpl TSRC=k3s-config.toml.tmpl TREC=k3s-tmpl
+  fi
+  TMPL=$DESTDIR/var/lib/rancher/k3s/agent/etc/containerd/$TNAME
   mkdir -p "$(dirname "$TMPL")"
-  if ! cmp -s "$SRC/containerd-config/k3s-config.toml.tmpl" "$TMPL"; then
-    [ -e "$TMPL" ] && [ ! -e "$REC/k3s-tmpl.orig" ] && cp -a "$TMPL" "$REC/k3s-tmpl.orig"
-    cp "$SRC/containerd-config/k3s-config.toml.tmpl" "$TMPL"
-    touch "$REC/k3s-tmpl-written"
-    say "wrote k3s config.toml.tmpl (restart k3s to apply)"
+  if ! cmp -s "$SRC/containerd-config/$TSRC" "$TMPL"; then
+    [ -e "$TMPL" ] && [ ! -e "$REC/$TREC.orig" ] && cp -a "$TMPL" "$REC/$TREC.orig"
+    cp "$SRC/containerd-config/$TSRC" "$TMPL"
+    touch "$REC/$TREC-written"
+    say "wrote k3s $TNAME (restart k3s to apply)"
   fi
 fi
 

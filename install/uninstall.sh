@@ -1,7 +1,8 @@
 #!/bin/bash
 # Undoes install/install.sh: takes runc-grit's block out of the containerd config (edits made
 # to the rest of the file since stay), puts back the k3s template it found, removes the /usr/local/bin/runc-grit link, the config.yaml it wrote
-# (if unchanged since) and the venv it made. Checkpoints under /var/lib/runc-grit stay.
+# (if unchanged since), the signing key it made (keep a copy to verify checkpoints signed with
+# it later) and the venv it made. Checkpoints under /var/lib/runc-grit stay.
 #   install/uninstall.sh [--destdir DIR] [--restart-containerd]
 set -euo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,12 +20,20 @@ say() { echo "runc-grit uninstall: $*"; }
 [ -d "$REC" ] || { say "nothing installed here ($REC missing)"; exit 0; }
 
 python3 "$SRC/install/containerd_merge.py" remove "$DESTDIR/etc/containerd/config.toml" "$REC"
-TMPL=$DESTDIR/var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl
-if [ -e "$REC/k3s-tmpl.orig" ]; then cp -a "$REC/k3s-tmpl.orig" "$TMPL"; rm "$REC/k3s-tmpl.orig"
-elif [ -e "$REC/k3s-tmpl-written" ]; then rm -f "$TMPL"; fi
-rm -f "$REC/k3s-tmpl-written"
+for t in config.toml.tmpl:k3s-tmpl config-v3.toml.tmpl:k3s-tmpl-v3; do  # k3s's templates
+  TMPL=$DESTDIR/var/lib/rancher/k3s/agent/etc/containerd/${t%%:*} TREC=$REC/${t#*:}
+  if [ -e "$TREC.orig" ]; then cp -a "$TREC.orig" "$TMPL"; rm "$TREC.orig"
+  elif [ -e "$TREC-written" ]; then rm -f "$TMPL"; fi
+  rm -f "$TREC-written"
+done
 if [ -L "$DESTDIR$BIN" ]; then rm -f "$DESTDIR$BIN"; fi
 if [ -e "$REC/bin.orig" ]; then cp -a "$REC/bin.orig" "$DESTDIR$BIN"; rm "$REC/bin.orig"; fi
+KEY=$DESTDIR/etc/runc-grit/signing.key  # the key install.sh made (not one it was given)
+if [ -e "$REC/signing.key.made" ]; then
+  if cmp -s "$REC/signing.key.made" "$KEY"; then rm -f "$KEY"
+  else say "kept /etc/runc-grit/signing.key (replaced since install)"; fi
+  rm -f "$REC/signing.key.made"
+fi
 CONF=$DESTDIR/etc/runc-grit/config.yaml
 if [ -e "$REC/config.yaml.written" ]; then
   if cmp -s "$REC/config.yaml.written" "$CONF"; then rm -f "$CONF"; rmdir "$(dirname "$CONF")" 2>/dev/null || true

@@ -134,8 +134,16 @@ class Env:
         self.created = []
 
     def write_config(self, extra):
+        """The node's config as install/install.sh writes it: signatures required, with this
+        node's own key; a staging dir of its own."""
         import yaml
-        conf = {"checkpoint_roots": [self.ckroot], "state_dir": self.state_dir}
+        key = os.path.join(self.dir, "node.key")
+        if not os.path.exists(key):
+            with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                f.write(uuid.uuid4().hex + uuid.uuid4().hex + "\n")
+        conf = {"checkpoint_roots": [self.ckroot], "state_dir": self.state_dir,
+                "signing_key": key, "require_signature": True,
+                "staging_dir": os.path.join(self.dir, "staging")}
         conf.update(extra)
         with open(self.config_path, "w") as f:
             yaml.safe_dump(conf, f)

@@ -1,9 +1,12 @@
-"""A minimal CRI client: kubelet's calls to run a pod, over containerd's gRPC socket.
+"""A minimal CRI client: kubelet's calls to run a pod, pull an image and checkpoint a
+container, over containerd's gRPC socket.
 
 There is no crictl in the package registries; this is grpcio and a subset of the CRI proto
 (tests/cri/api.proto, upstream field numbers), compiled with grpcio-tools when first used.
 """
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -17,6 +20,7 @@ def modules():
         import grpc_tools
         from grpc_tools import protoc
         out = tempfile.mkdtemp(prefix="cri-gen-")
+        atexit.register(shutil.rmtree, out, True)
         rc = protoc.main(["protoc", "-I", CRI_DIR,
                           "-I", os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"),
                           "--python_out", out, "--grpc_python_out", out,
@@ -36,6 +40,7 @@ class CRI:
         self.pb, grpc_mod = modules()
         self.channel = grpc.insecure_channel("unix://" + sock)
         self.rt = grpc_mod.RuntimeServiceStub(self.channel)
+        self.img = grpc_mod.ImageServiceStub(self.channel)
 
     def version(self):
         return self.rt.Version(self.pb.VersionRequest(version="v1"), timeout=10)
@@ -53,12 +58,18 @@ class CRI:
         return self.rt.RunPodSandbox(self.pb.RunPodSandboxRequest(
             config=config, runtime_handler=handler), timeout=120).pod_sandbox_id
 
-    def create_container(self, pod_id, pod_config, name, image, command, log_path):
+    def create_container(self, pod_id, pod_config, name, image, command, log_path, envs=None,
+                         mounts=(), devices=()):
+        """envs: {name: value}; mounts: (host path, container path, readonly); devices: host
+        paths (rwm, the same path inside)."""
         pb = self.pb
         ns = pb.NamespaceOption(network=pb.NODE, pid=pb.CONTAINER, ipc=pb.POD)
         cfg = pb.ContainerConfig(
             metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=image),
             command=list(command), log_path=log_path,
+            envs=[pb.KeyValue(key=k, value=v) for k, v in (envs or {}).items()],
+            mounts=[pb.Mount(host_path=h, container_path=c, readonly=ro) for h, c, ro in mounts],
+            devices=[pb.Device(host_path=d, container_path=d, permissions="rwm") for d in devices],
             linux=pb.LinuxContainerConfig(
                 security_context=pb.LinuxContainerSecurityContext(namespace_options=ns)))
         return self.rt.CreateContainer(pb.CreateContainerRequest(
@@ -79,3 +90,21 @@ class CRI:
         self.rt.StopPodSandbox(self.pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
         self.rt.RemovePodSandbox(self.pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
                                  timeout=60)
+
+    def checkpoint(self, cid, location, timeout=120):
+        """kubelet's CheckpointContainer (KEP-2008): the archive is written to location (an
+        absolute path on the containerd host). containerd ignores the request's timeout field;
+        only the gRPC deadline bounds it, so both are set."""
+        self.rt.CheckpointContainer(self.pb.CheckpointContainerRequest(
+            container_id=cid, location=location, timeout=timeout), timeout=timeout)
+
+    def pull(self, image, timeout=180):
+        """PullImage; returns the image ref (its id) containerd reports."""
+        return self.img.PullImage(self.pb.PullImageRequest(
+            image=self.pb.ImageSpec(image=image)), timeout=timeout).image_ref
+
+    def image_status(self, image):
+        """The Image record (id, repo_tags, repo_digests), or None when it is not there."""
+        r = self.img.ImageStatus(self.pb.ImageStatusRequest(
+            image=self.pb.ImageSpec(image=image)), timeout=30)
+        return r.image if r.HasField("image") else None

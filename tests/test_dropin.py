@@ -3,10 +3,12 @@
 through the runc-grit that install/install.sh installed (conftest.GRIT)."""
 import json
 import os
+import subprocess
 import threading
 
 import pytest
 
+from conftest import GRIT
 from test_integration_runc import assert_continues, checkpoint
 
 pytestmark = pytest.mark.integration
@@ -112,3 +114,41 @@ def test_unknown_global_flag_with_restore_request(genv):
     assert p.returncode != 0
     assert genv.grit.state("dst") is None
     assert "no-such-runc-flag" in (genv.grit.log_error(b2) or "") + p.stderr.decode()
+
+
+def test_failed_create_and_foreground_run_leave_no_state(genv):
+    """runc removes a container itself when its create fails or `run` ends in the foreground:
+    runc-grit keeps nothing for a plain create, so nothing of it outlives the container."""
+    b = genv.bundle("bad")
+    path = os.path.join(b, "config.json")
+    spec = json.load(open(path))
+    spec["process"]["cwd"] = "relative/cwd"  # runc refuses it
+    json.dump(spec, open(path, "w"))
+    p = genv.grit.run(b, "create", "--bundle", b, "bad")
+    assert p.returncode != 0 and genv.grit.state("bad") is None
+    b2 = genv.bundle("fg", args=["true"])
+    p = genv.grit.run(b2, "run", "--bundle", b2, "fg")
+    assert p.returncode == 0 and genv.grit.state("fg") is None
+    from runc_grit.node.state import list_ids
+    assert list_ids(genv.state_dir) == []
+
+
+def test_gc_keeps_restored_containers_under_their_own_root(genv):
+    """gc asks the runtime under the root each container was restored with (containerd's,
+    not runc's default), and removes only state the runtime no longer knows."""
+    b = genv.bundle("src")
+    p, out = genv.grit.create_with_pipes(b, "src")
+    assert p.returncode == 0 and genv.grit.run(b, "start", "src").returncode == 0
+    assert out.wait_for(lambda r: len(r.ints()) >= 2)
+    img = os.path.join(genv.ckroot, "img")
+    checkpoint(genv, b, "src", img)
+    b2 = genv.bundle("dst", annotations={"grit.dev/restore-from": img},
+                     rootfs_from=os.path.join(b, "rootfs"))
+    p, _ = genv.grit.create_with_pipes(b2, "dst")
+    assert p.returncode == 0, genv.grit.log_error(b2)
+    from runc_grit.node.state import list_ids
+    p = subprocess.run(GRIT + ["gc"], env=genv.env, capture_output=True, timeout=60)
+    assert p.returncode == 0 and list_ids(genv.state_dir) == ["dst"], p.stdout + p.stderr
+    genv.runc("delete", "--force", "dst")  # behind runc-grit's back
+    p = subprocess.run(GRIT + ["gc"], env=genv.env, capture_output=True, timeout=60)
+    assert b"stale: dst" in p.stdout and list_ids(genv.state_dir) == []

@@ -260,13 +260,32 @@ def test_bad_sources_refused_and_source_keeps_running(genv, real_image, tmp_path
     with open(os.path.join(corrupt, "inventory.img"), "r+b") as f:
         f.write(b"\0\0\0\0")
     _refused(genv, "r5", corrupt, "corrupt inventory.img")
-    # a body-corrupt inventory passes our checks; CRIU refuses it, and runc-grit cleans up
+    # a body-corrupt inventory: caught by the digests, or (re-signed with the node's key) when
+    # the privilege check cannot decode it
     corrupt2 = os.path.join(genv.ckroot, "corrupt2")
     shutil.copytree(image, corrupt2)
     with open(os.path.join(corrupt2, "inventory.img"), "r+b") as f:
         f.seek(8)
         f.write(b"\xff" * 16)
-    _refused(genv, "r6", corrupt2, "restore from")
+    _refused(genv, "r6a", corrupt2, "inventory.img does not match its sha256")
+    from runc_grit.checkpoint import integrity, manifest
+    key = integrity.load_key(os.path.join(genv.dir, "node.key"))
+
+    def resign(d):
+        m = manifest.load(d)
+        m["images"] = manifest.list_images(d, digest=True)
+        manifest.write(d, integrity.sign(m, key))
+    resign(corrupt2)
+    _refused(genv, "r6b", corrupt2, "restore source %s: its images cannot be decoded" % corrupt2)
+    # a body-corrupt mm image (which runc-grit does not read), re-signed: CRIU refuses it,
+    # and runc-grit cleans up
+    corrupt3 = os.path.join(genv.ckroot, "corrupt3")
+    shutil.copytree(image, corrupt3)
+    with open(os.path.join(corrupt3, "mm-1.img"), "r+b") as f:
+        f.seek(8)
+        f.write(b"\xff" * 16)
+    resign(corrupt3)
+    _refused(genv, "r6", corrupt3, "restore from")
     nomanifest = os.path.join(genv.ckroot, "raw")
     shutil.copytree(image, nomanifest)
     os.unlink(os.path.join(nomanifest, "grit-manifest.json"))

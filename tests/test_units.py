@@ -218,10 +218,13 @@ def test_criu_config_recreated_when_gone(tmp_path):
 # --- restore sources ----------------------------------------------------------------------
 
 class Conf:
-    def __init__(self, roots, raw=False, verify="size"):
+    def __init__(self, roots, raw=False, verify="size", staging="copy"):
         self.checkpoint_roots = roots
         self.accept_raw_criu = raw
         self.verify = verify
+        self.staging = staging
+        self.staging_dir = os.path.join(os.path.dirname(roots[0]), "staging")
+        self.signing_key, self.require_signature = None, False
 
 
 def make_images(d, with_manifest=True):
@@ -241,8 +244,14 @@ def make_images(d, with_manifest=True):
 def test_source_ok(tmp_path):
     root = tmp_path / "ck"
     d = make_images(str(root / "x"))
-    real, m = source.validate(d, Conf([str(root)]))
+    conf = Conf([str(root)])
+    here, m, real = source.validate(d, conf)
     assert real == os.path.realpath(d) and m["container"]["id"] == "c1"
+    # what was verified, and is restored from, is a root-only copy
+    assert os.path.dirname(here) == conf.staging_dir and os.stat(here).st_mode & 0o777 == 0o700
+    assert sorted(os.listdir(here)) == sorted(os.listdir(d))
+    source.release(here, conf)
+    assert not os.path.exists(here) and os.path.exists(d)
 
 
 def test_source_missing_dir(tmp_path):
@@ -300,8 +309,8 @@ def test_source_without_manifest(tmp_path):
     d = make_images(str(tmp_path / "ck" / "x"), with_manifest=False)
     with pytest.raises(GritError, match="no grit-manifest.json"):
         source.validate(d, Conf([str(tmp_path / "ck")]))
-    real, m = source.validate(d, Conf([str(tmp_path / "ck")], raw=True))
-    assert m is None
+    here, m, real = source.validate(d, Conf([str(tmp_path / "ck")], raw=True))
+    assert m is None and sorted(os.listdir(here)) == sorted(os.listdir(d))
 
 
 def test_source_manifest_size_mismatch(tmp_path):
@@ -319,6 +328,43 @@ def test_source_manifest_digest_mismatch(tmp_path):
     source.validate(d, Conf([str(tmp_path / "ck")]))  # sizes still match
     with pytest.raises(GritError, match="sha256"):
         source.validate(d, Conf([str(tmp_path / "ck")], verify="digest"))
+
+
+def test_source_file_changed_after_staging_is_never_read(tmp_path):
+    """The staged copy is what is verified and restored: a swap in the source afterwards
+    (or a write into it) does not reach it."""
+    d = make_images(str(tmp_path / "ck" / "x"))
+    conf = Conf([str(tmp_path / "ck")], verify="digest")
+    here, m, _ = source.validate(d, conf)
+    os.rename(os.path.join(d, "pages-1.img"), os.path.join(d, "old"))
+    with open(os.path.join(d, "pages-1.img"), "wb") as f:
+        f.write(b"X" * 4096)
+    with open(os.path.join(here, "pages-1.img"), "rb") as f:
+        assert f.read() == b"p" * 4096
+
+
+def test_source_staging_fails_cleanly(tmp_path):
+    d = make_images(str(tmp_path / "ck" / "x"))
+    conf = Conf([str(tmp_path / "ck")])
+    os.unlink(os.path.join(d, "pages-1.img"))  # listed in the manifest, gone
+    with pytest.raises(GritError, match="pages-1.img"):
+        source.validate(d, conf)
+    assert os.listdir(conf.staging_dir) == []  # nothing half-copied left
+
+
+@pytest.mark.parametrize("where", ["dir", "parent", "file"])
+def test_source_in_place_needs_a_root_only_chain(tmp_path, where):
+    """staging: none restores in place, only where no one but root could swap a file."""
+    root = tmp_path / "ck"
+    d = make_images(str(root / "sub" / "x"))
+    os.chmod(root, 0o755)
+    conf = Conf([str(root)], staging="none")
+    here, _, _ = source.validate(d, conf)
+    assert here == os.path.realpath(d)
+    target = {"dir": d, "parent": str(root / "sub"), "file": os.path.join(d, "pages-1.img")}[where]
+    os.chmod(target, 0o777 if where != "file" else 0o666)
+    with pytest.raises(GritError, match="could"):
+        source.validate(d, conf)
 
 
 def test_source_invalid_manifest(tmp_path):
@@ -451,3 +497,18 @@ def test_configured_criu_is_first_on_the_runtimes_path(tmp_path):
     assert runc.hook_env(conf, st)["PATH"].split(os.pathsep)[0] == first  # the same dir again
     default = config.Config(config.merge({"state_dir": str(tmp_path / "s")}))
     assert runc.hook_env(default, st)["PATH"] == os.environ.get("PATH", runc.DEFAULT_PATH)
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ("reg.io/app:1", "reg.io/app:1", True),
+    ("reg.io/app:1", "reg.io/app:2", False),
+    ("reg.io/app:1", "reg.io/other:1", False),
+    # containerd 2.1's checkpoint restore: the tag at checkpoint, the digest at restore
+    ("127.0.0.1:5000/app:test", "127.0.0.1:5000/app@sha256:ab12", True),
+    ("127.0.0.1:5000/app@sha256:ab12", "127.0.0.1:5000/app@sha256:cd34", False),
+    ("127.0.0.1:5000/app@sha256:ab12", "127.0.0.1:5001/app@sha256:ab12", False),
+    ("app", "app:latest", True),
+])
+def test_same_image(a, b, same):
+    from runc_grit.checkpoint import compat
+    assert compat.same_image(a, b) is same and compat.same_image(b, a) is same

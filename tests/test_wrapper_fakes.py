@@ -16,7 +16,11 @@ def fenv(tmp_path):
     ck = tmp_path / "ck"
     ck.mkdir()
     conf = tmp_path / "config.yaml"
-    conf.write_text("runtime: fake-runtime\nstate_dir: %s\ncheckpoint_roots: [%s]\n" % (state, ck))
+    # the fake runtime restores fake images: no signature, no credentials to compare (an
+    # explicit choice, as a node's config would have to make it)
+    conf.write_text("runtime: fake-runtime\nstate_dir: %s\ncheckpoint_roots: [%s]\n"
+                    "require_signature: false\nprivilege_check: 'off'\nstaging_dir: %s\n"
+                    % (state, ck, tmp_path / "staging"))
     env = dict(os.environ)
     env.update(PATH=FAKES + os.pathsep + env["PATH"], RUNC_GRIT_CONFIG=str(conf),
                FAKE_RUNTIME_LOG=str(tmp_path / "calls.jsonl"),
@@ -236,7 +240,10 @@ def test_restore_on_create_rewrites_to_restore_and_start_skips_runtime(fenv):
                                           "--log-format", "json"]
     r = restore[0]
     assert r[6] == "restore" and "--detach" in r and r[-1] == "c2"
-    assert r[r.index("--image-path") + 1] == img and r[r.index("--bundle") + 1] == str(b)
+    # restored from the verified, root-only copy of img (staging: copy), gone afterwards
+    staged = r[r.index("--image-path") + 1]
+    assert os.path.dirname(staged) == str(fenv.tmp / "staging") and not os.path.exists(staged)
+    assert r[r.index("--bundle") + 1] == str(b)
     assert not any("create" in a for a in argv)
     # the action script finds this container's state through the runtime's environment
     assert [c for c in fenv.calls() if "restore" in c["argv"]][0]["grit_state"] == str(fenv.state / "c2")
@@ -314,3 +321,19 @@ def test_operator_commands_do_not_reach_runtime(fenv):
     p = fenv.run("config", "show")
     assert p.returncode == 0 and b"runtime: fake-runtime" in p.stdout
     assert fenv.calls() == []
+
+
+def test_checkpoint_status_fd_reaches_the_runtime(fenv):
+    """runc writes to --status-fd N when a lazy dump is ready: fd N must reach it."""
+    (fenv.tmp / "c1").write_text("")
+    r, w = os.pipe()
+    try:
+        p = subprocess.run(GRIT + ["checkpoint", "--image-path", str(fenv.ck / "img"),
+                                   "--status-fd", str(w), "c1"],
+                           env=fenv.env, capture_output=True, timeout=60, pass_fds=(w,))
+    finally:
+        os.close(r)
+        os.close(w)
+    assert p.returncode == 0, p.stderr
+    ck = [c for c in fenv.calls() if "checkpoint" in c["argv"]][-1]
+    assert w in ck["fds"]

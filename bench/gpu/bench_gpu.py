@@ -1,17 +1,25 @@
-"""GPU checkpoint/restore: runc-grit against the raw baseline, in the same run.
+"""GPU migration downtime: runc-grit against raw driver + CRIU, in the same run, per path.
 
-For each size (GiB of VRAM held by tests/gpu/app.py):
-  raw    a plain process: CUDA lock+checkpoint (driver API), `criu dump`; `criu restore -d`,
-         CUDA restore+unlock.
-  grit   the same app in a runc container: `runc-grit checkpoint` wall time, and the
-         restore-on-create `runc-grit create` wall time (includes the post-resume hook).
-Prints a Markdown table (also written to the path in argv[1]).
+For each size (GiB of VRAM held by tests/gpu/app.py) and each variant:
+  raw     a plain process: CUDA lock+checkpoint (driver API), `criu dump`; `criu restore -d`,
+          CUDA restore+unlock. Downtime = the four steps.
+  grit    the same app in a runc container: `runc-grit checkpoint` wall time, then the
+          restore-on-create `runc-grit create` wall time into a new container (staging copy,
+          signature and digests, privilege check, CRIU, the post-resume CUDA restore).
+          Downtime = checkpoint + restore.
+  stream  raw, the pages sent by `criu dump --page-server` to `criu page-server` on loopback:
+          no dump to disk then read; the receiving side writes the image the restore reads.
+Variants: CRIU binaries (BENCH_CRIUS="4.1=/path 4.2=/path 4.3=/path"; default: the criu on
+PATH), where the images go (BENCH_WHERE="disk tmpfs": /var/tmp, the page cache, no fsync;
+/dev/shm), and `sync` after the dump (BENCH_SYNC=1: what a commit to disk would cost).
+Prints one JSON line per run and a Markdown table (written to argv[1]).
 Usage: python3 bench/gpu/bench_gpu.py OUT.md 1 4 16
 """
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +35,8 @@ from runc_grit.gpu.helper import BuiltinHelper  # noqa: E402
 
 from conftest import Env  # noqa: E402
 
+WHERE = {"disk": "/var/tmp", "tmpfs": "/dev/shm"}
+
 
 def wait_steps(path, n, timeout=600):
     end = time.time() + timeout
@@ -34,7 +44,7 @@ def wait_steps(path, n, timeout=600):
         s = read_steps(path)
         if s and max(s) >= n:
             return max(s)
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise RuntimeError("no progress in %s" % path)
 
 
@@ -42,26 +52,58 @@ def du(path):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def raw(size_gib, work):
-    h = BuiltinHelper()
-    log = os.path.join(work, "raw.log")
+def start_app(size_gib, log):
     env = dict(os.environ, APP_MIB=str(size_gib * 1024), APP_TICK="0.05")
     p = subprocess.Popen([sys.executable, os.path.join(APP_DIR, "app.py"), log], env=env,
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
     wait_steps(log, 3)
+    return p
+
+
+def _free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def raw(size_gib, work, criu="criu", stream=False, sync=False):
+    h = BuiltinHelper()
+    log = os.path.join(work, "raw.log")
+    p = start_app(size_gib, log)
     r = {}
     t = time.monotonic(); h.lock(p.pid, 20000); h.checkpoint(p.pid); r["cuda_ckpt"] = time.monotonic() - t
     img = os.path.join(work, "raw-img")
     os.makedirs(img)
+    server = None
+    extra = []
+    if stream:  # the receiving node's CRIU writes what the dumping one sends
+        port = _free_port()
+        recv = os.path.join(work, "recv-img")
+        os.makedirs(recv)
+        server = subprocess.Popen([criu, "page-server", "-D", recv, "--address", "127.0.0.1",
+                                   "--port", str(port), "-o", "ps.log"])
+        time.sleep(0.3)
+        extra = ["--page-server", "--address", "127.0.0.1", "--port", str(port)]
     t = time.monotonic()
-    subprocess.run(["criu", "dump", "-t", str(p.pid), "-D", img, "--shell-job", "-o", "dump.log"],
-                   check=True)
+    subprocess.run([criu, "dump", "-t", str(p.pid), "-D", img, "--shell-job", "-o", "dump.log"]
+                   + extra, check=True)
+    if server is not None:
+        server.wait(120)
+        for n in os.listdir(img):  # the rest of the image, beside the streamed pages
+            if not os.path.exists(os.path.join(recv, n)):
+                shutil.move(os.path.join(img, n), os.path.join(recv, n))
+        shutil.rmtree(img)
+        img = recv
+    if sync:
+        os.sync()
     r["criu_dump"] = time.monotonic() - t
     p.wait()
     r["image"] = du(img)
     t = time.monotonic()
-    subprocess.run(["criu", "restore", "-D", img, "--shell-job", "-d", "-o", "restore.log"],
+    subprocess.run([criu, "restore", "-D", img, "--shell-job", "-d", "-o", "restore.log"],
                    check=True)
     r["criu_restore"] = time.monotonic() - t
     t = time.monotonic(); h.restore(p.pid); h.unlock(p.pid); r["cuda_restore"] = time.monotonic() - t
@@ -69,11 +111,16 @@ def raw(size_gib, work):
     wait_steps(log, s + 2)
     os.kill(p.pid, signal.SIGKILL)
     shutil.rmtree(img)
+    r["checkpoint"] = r["cuda_ckpt"] + r["criu_dump"]
+    r["restore"] = r["criu_restore"] + r["cuda_restore"]
     return r
 
 
-def grit(size_gib, work):
-    e = Env(os.path.join(work, "g"))
+def grit(size_gib, work, criu=None, sync=False):
+    conf = {"cuda": {"lock_timeout_ms": 20000}, "staging_dir": os.path.join(work, "staging")}
+    if criu and criu != "criu":
+        conf["criu"] = criu
+    e = Env(os.path.join(work, "g"), conf)
     logs = os.path.join(work, "logs")
     os.makedirs(logs)
     env = {"APP_MIB": str(size_gib * 1024), "APP_TICK": "0.05"}
@@ -87,7 +134,9 @@ def grit(size_gib, work):
     r = {}
     t = time.monotonic()
     p = e.grit.run(b, "checkpoint", "--image-path", img, "--work-path", img + "-w", "src", timeout=900)
-    r["ckpt"] = time.monotonic() - t
+    if sync:
+        os.sync()
+    r["checkpoint"] = time.monotonic() - t
     assert p.returncode == 0, e.grit.log_error(b)
     m = json.load(open(os.path.join(img, "grit-manifest.json")))
     r["timings"] = m["timings"]
@@ -104,11 +153,38 @@ def grit(size_gib, work):
     r["restore_timings"] = dict(json.load(open(os.path.join(st_dir, "cuda-restore.json")))["timings"],
                                 runtime_restore_s=json.load(open(os.path.join(st_dir, "state.json")))
                                 .get("restore_seconds"))
-    wait_steps(log, s + 2)
+    after = wait_steps(log, s + 2)
+    r["resumed_at"] = [s, after]
     e.grit.run(b2, "delete", "--force", "dst")
     e.cleanup()
     shutil.rmtree(img)
     return r
+
+
+def variants():
+    crius = [kv.split("=", 1) for kv in os.environ.get("BENCH_CRIUS", "").split() if "=" in kv]
+    crius = crius or [("path", "criu")]
+    where = os.environ.get("BENCH_WHERE", "disk").split()
+    modes = os.environ.get("BENCH_MODES", "raw grit").split()
+    sync = os.environ.get("BENCH_SYNC") == "1"
+    out = []
+    for w in where:
+        for ver, path in crius:
+            for mode in modes:
+                out.append({"mode": mode, "criu": ver, "criu_path": path, "where": w, "sync": sync})
+    return out
+
+
+def run(gib, v):
+    work = os.path.join(WHERE[v["where"]], "rg-bench-%d" % gib)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    try:
+        if v["mode"] == "grit":
+            return grit(gib, work, v["criu_path"], v["sync"])
+        return raw(gib, work, v["criu_path"], stream=v["mode"] == "stream", sync=v["sync"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main():
@@ -116,24 +192,33 @@ def main():
     sizes = [int(x) for x in sys.argv[2:]] or [1, 4, 16]
     rows = []
     for gib in sizes:
-        work = "/tmp/rg-bench-%d" % gib
-        shutil.rmtree(work, ignore_errors=True)
-        os.makedirs(work)
-        a = raw(gib, work)
-        g = grit(gib, work)
-        base_c = a["cuda_ckpt"] + a["criu_dump"]
-        base_r = a["criu_restore"] + a["cuda_restore"]
-        rows.append((gib, a, g, base_c, base_r))
-        print(json.dumps({"gib": gib, "raw": a, "grit": g}), flush=True)
-        shutil.rmtree(work, ignore_errors=True)
-    lines = ["| VRAM | raw CUDA ckpt | raw criu dump | raw total | runc-grit checkpoint | ratio | "
-             "raw criu restore | raw CUDA restore | raw total | runc-grit restore | ratio | image | ckpt GB/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for gib, a, g, bc, br in rows:
-        lines.append("| %d GiB | %.2f s | %.2f s | %.2f s | %.2f s | %.2fx | %.2f s | %.2f s | %.2f s | %.2f s | %.2fx | %.1f GB | %.2f |" % (
-            gib, a["cuda_ckpt"], a["criu_dump"], bc, g["ckpt"], g["ckpt"] / bc,
-            a["criu_restore"], a["cuda_restore"], br, g["restore"], g["restore"] / br,
-            g["image"] / 1e9, g["image"] / 1e9 / g["ckpt"]))
+        for v in variants():
+            try:
+                r = run(gib, v)
+            except Exception as e:  # noqa: BLE001 - a failed variant is a row too
+                r = {"error": str(e)[-300:]}
+            print(json.dumps({"gib": gib, "variant": v, "result": r}), flush=True)
+            rows.append((gib, v, r))
+    lines = ["| VRAM | path | CRIU | images | checkpoint | restore | downtime | image | GB/s (image / downtime) | detail |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for gib, v, r in rows:
+        if "error" in r:
+            lines.append("| %d GiB | %s | %s | %s | failed: %s | | | | | |" % (
+                gib, v["mode"], v["criu"], v["where"], r["error"].replace("|", "/")))
+            continue
+        down = r["checkpoint"] + r["restore"]
+        if v["mode"] == "grit":
+            t = r["timings"]
+            detail = "CUDA ckpt %.2f s (in pre-dump), manifest %.2f s; restore: runc %.2f s, CUDA %.2f s" % (
+                t.get("cuda_checkpoint_s", 0), t.get("manifest_s", 0),
+                r["restore_timings"].get("runtime_restore_s") or 0,
+                r["restore_timings"].get("cuda_restore_s", 0))
+        else:
+            detail = "CUDA ckpt %.2f s, criu dump %.2f s; criu restore %.2f s, CUDA restore %.2f s" % (
+                r["cuda_ckpt"], r["criu_dump"], r["criu_restore"], r["cuda_restore"])
+        lines.append("| %d GiB | %s | %s | %s%s | %.2f s | %.2f s | %.2f s | %.1f GB | %.2f | %s |" % (
+            gib, v["mode"], v["criu"], v["where"], " + sync" if v["sync"] else "", r["checkpoint"],
+            r["restore"], down, r["image"] / 1e9, r["image"] / 1e9 / down, detail))
     text = "\n".join(lines) + "\n"
     print(text)
     with open(out, "w") as f:

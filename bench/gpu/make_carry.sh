@@ -3,9 +3,15 @@
 #   .carry/criu   CRIU 4.1 and xtables-legacy-multi from this machine's private prefix
 #                 (install/deps.sh), with the libraries they load, and the xtables modules
 #   .carry/debs   Debian's runc .deb
-#   .carry/whl    wheels the device's Python 3.12 lacks (jsonschema and its deps, nvidia-ml-py)
+#   .carry/whl    wheels the device's Python 3.12 lacks or has in other versions (jsonschema and
+#                 its deps; grpcio, grpcio-tools and protobuf as this machine's venv has them,
+#                 for the CRI tests' client)
+#   .carry/pycriu CRIU's pycriu with its pure-Python protobuf (the privilege check reads images
+#                 with it)
+#   .carry/extra  Debian 12's busybox-static (the CRI tests' images); with CARRY_RUNTIMES=1 also
+#                 crun, libyajl2 and Debian 13's runsc (`device_run.sh runtimes`)
 #   .carry/stacks/<name>  only with CARRY_STACKS="current" (names of install/stacks.sh): that
-#                 stack's executables (CARRY_STACK_EXES, default runc criu containerd
+#                 stack's executables (CARRY_STACK_EXES_<name>, else CARRY_STACK_EXES, default runc criu containerd
 #                 containerd-shim-runc-v2 ctr crun) with the libraries and the loader they load,
 #                 as stack.tar.xz. The executables are patchelf'd for /opt/rg/stacks/<name>
 #                 (interpreter and RPATH are absolute: runc re-executes itself, also from a memfd
@@ -24,7 +30,9 @@ carry_stack() {   # NAME: .carry/stacks/NAME/{stack.tar.xz,DEST,versions}
   pe=$(command -v patchelf || echo /opt/runc-grit/pkgs/bookworm-patchelf/usr/bin/patchelf)
   w=$(mktemp -d); mkdir -p "$w/bin" "$w/lib"
   local pairs=() p
-  for exe in ${CARRY_STACK_EXES:-runc criu containerd containerd-shim-runc-v2 ctr crun}; do
+  local exes_var=CARRY_STACK_EXES_${name//[^a-zA-Z0-9]/_}
+  local exes=${!exes_var:-${CARRY_STACK_EXES:-runc criu containerd containerd-shim-runc-v2 ctr crun}}
+  for exe in $exes; do
     real=$(readlink -f "$bin/$exe"); pairs+=("$exe=$real")
     # CRIU's helper `ip` (iproute2; the device has none): CRIU runs it for a network namespace
     # with more than a loopback (crun's containers)
@@ -54,7 +62,7 @@ carry_stack() {   # NAME: .carry/stacks/NAME/{stack.tar.xz,DEST,versions}
     [ ! -e "$prefix/usr/lib/x86_64-linux-gnu/libgcc_s.so.1" ] || cp -L "$prefix/usr/lib/x86_64-linux-gnu/libgcc_s.so.1" "$w/lib/"
     "$pe" --set-interpreter "$dest/lib/ld-linux-x86-64.so.2" --set-rpath "$dest/lib" --force-rpath "$w/bin/$exe"
   done
-  grep -E "^($(echo ${CARRY_STACK_EXES:-runc criu containerd containerd-shim-runc-v2 ctr crun} | tr ' ' '|'))\s" \
+  grep -E "^($(echo $exes | tr ' ' '|'))\s" \
     "/opt/runc-grit/stacks/$name/versions" > "$w/versions"
   rm -rf "$out"; mkdir -p "$out"
   cp "$w/versions" "$out/versions"; echo "$dest" > "$out/DEST"
@@ -75,12 +83,21 @@ for bin in "$P/usr/sbin/criu" "$P/usr/sbin/xtables-legacy-multi"; do
     awk '/=> \// {print $3}' | while read -r lib; do cp -L "$lib" "$C/criu/lib/"; done
 done
 (cd "$C/debs" && apt-get download runc >/dev/null)
-# for `device_run.sh runtimes`: Debian 12's crun and static busybox, Debian 13's runsc
-mkdir -p "$C/extra"
-(cd "$C/extra" && apt-get download crun libyajl2 busybox-static >/dev/null)
-. install/trixie.sh
-trixie_fetch "$C/extra" runsc
+mkdir -p "$C/extra" "$C/pycriu"
+(cd "$C/extra" && apt-get download busybox-static >/dev/null)
+if [ "${CARRY_RUNTIMES:-0}" = 1 ]; then  # for `device_run.sh runtimes`: crun, runsc
+  (cd "$C/extra" && apt-get download crun libyajl2 >/dev/null)
+  . install/trixie.sh
+  trixie_fetch "$C/extra" runsc
+fi
+cp -r "$P/usr/lib/python3/dist-packages/pycriu" "$P/usr/lib/python3/dist-packages/google" "$C/pycriu/"
+find "$C/pycriu" -name __pycache__ -prune -exec rm -rf {} +
+v() { .venv/bin/python -c "import importlib.metadata as m; print(m.version('$1'))"; }
 pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
-  -d "$C/whl" jsonschema jsonschema-specifications referencing rpds-py nvidia-ml-py
+  --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d "$C/whl" jsonschema \
+  jsonschema-specifications referencing rpds-py nvidia-ml-py "grpcio==$(v grpcio)" \
+  "grpcio-tools==$(v grpcio-tools)" "protobuf==$(v protobuf)"
 for s in ${CARRY_STACKS:-}; do carry_stack "$s"; done
+# the call carries at most 64 MiB: CRIU 4.1's prefix travels compressed (device_run.sh unpacks)
+tar -C "$C" -cf - criu | xz -T0 -6 > "$C/criu.tar.xz" && rm -rf "$C/criu"
 du -sh "$C"/*; du -sh "$C"

@@ -47,9 +47,34 @@ def problems(m, here, spec_annotations):
     src_ann = (m.get("container") or {}).get("annotations") or {}
     for key in IMAGE_ANNOTATIONS:
         a, b = src_ann.get(key), (spec_annotations or {}).get(key)
-        if a and b and a != b:
+        if a and b and not same_image(a, b):
             out.append("checkpoint of image %s; this container runs image %s" % (a, b))
     return out
+
+
+def _image_parts(ref):
+    """'reg/repo:tag' / 'reg/repo@sha256:...' -> (repository, tag or None, digest or None)."""
+    ref, _, digest = ref.partition("@")
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash:
+        return ref[:colon], ref[colon + 1:], digest or None
+    return ref, None, digest or None
+
+
+def same_image(a, b):
+    """The same image, as far as the two references tell: the same repository, and the same
+    tag where both name one, the same digest where both name one. (containerd's checkpoint
+    restore names the image by its digest, the source spec by its tag.) Pure."""
+    ra, ta, da = _image_parts(a)
+    rb, tb, db = _image_parts(b)
+    if ra != rb:
+        return False
+    if da and db:
+        return da == db
+    if ta and tb and not (da or db):
+        return ta == tb
+    return True
 
 
 def here(runtime_name, criu_version):

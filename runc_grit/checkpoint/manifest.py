@@ -146,25 +146,27 @@ def load(image_dir):
     return m
 
 
-def check_files(image_dir, m, digest=False):
-    """Every image the manifest lists is there, a regular file, of the listed size (and hash)."""
+def check_files(image_dir, m, digest=False, where=None):
+    """Every image the manifest lists is there, a regular file, of the listed size (and hash).
+    where: how errors name the checkpoint (default: "restore source IMAGE_DIR")."""
+    where = where or "restore source %s" % image_dir
     for item in m["images"]:
         p = os.path.join(image_dir, item["name"])
         try:
             st = os.lstat(p)
         except FileNotFoundError:
-            raise GritError("restore source %s: image %s listed in the manifest is missing"
-                            % (image_dir, item["name"]), kind="source") from None
+            raise GritError("%s: image %s listed in the manifest is missing"
+                            % (where, item["name"]), kind="source") from None
         if not _is_regular(st):
-            raise GritError("restore source %s: image %s is not a regular file"
-                            % (image_dir, item["name"]), kind="source")
+            raise GritError("%s: image %s is not a regular file"
+                            % (where, item["name"]), kind="source")
         if st.st_size != item["size"]:
-            raise GritError("restore source %s: image %s has %d bytes, the manifest says %d"
-                            % (image_dir, item["name"], st.st_size, item["size"]), kind="source")
+            raise GritError("%s: image %s has %d bytes, the manifest says %d"
+                            % (where, item["name"], st.st_size, item["size"]), kind="source")
     if digest:
         listed = [i for i in m["images"] if "sha256" in i]
         sums = sha256_files([os.path.join(image_dir, i["name"]) for i in listed])
         for item in listed:
             if sums[os.path.join(image_dir, item["name"])] != item["sha256"]:
-                raise GritError("restore source %s: image %s does not match its sha256 in the "
-                                "manifest" % (image_dir, item["name"]), kind="source")
+                raise GritError("%s: image %s does not match its sha256 in the "
+                                "manifest" % (where, item["name"]), kind="source")

@@ -9,6 +9,7 @@ import os
 
 from runc_grit.checkpoint import images
 from runc_grit.checkpoint import manifest as _manifest
+from runc_grit.checkpoint import staging
 from runc_grit.errors import GritError
 
 RESTORE_FROM = ("grit.dev/restore-from", "kybernate.io/restore-from")
@@ -88,19 +89,87 @@ def resolve(path, roots):
 
 
 def validate(path, conf, image_format="CRIU"):
-    """(real image dir, manifest or None) for a restore source, or GritError(kind=source).
-    image_format: what the restoring runtime reads, CRIU images or gVisor's checkpoint.img."""
+    """(image dir to restore from, manifest or None, the source's real path) for a restore
+    source, or GritError(kind=source). image_format: what the restoring runtime reads, CRIU images or
+    gVisor's checkpoint.img. With `staging: copy` (the default) the dir returned is a
+    root-only copy, and everything is verified there: the caller restores from it and then
+    hands it to release()."""
     real = resolve(path, conf.checkpoint_roots)
-    images.check(real, image_format)
+    where = "restore source %s" % path
+    images.check(real, image_format)  # early, for a clear reason; again on what is restored
     m = _manifest.load(real)
-    if m is None:
-        if not conf.accept_raw_criu:
-            raise GritError("restore source %s: no %s, so not a complete runc-grit checkpoint "
-                            "(set accept_raw_criu to allow raw CRIU dirs)" % (path, _manifest.NAME),
-                            kind="source")
+    if m is None and not conf.accept_raw_criu:
+        raise GritError("restore source %s: no %s, so not a complete runc-grit checkpoint "
+                        "(set accept_raw_criu to allow raw CRIU dirs)" % (path, _manifest.NAME),
+                        kind="source")
+    if staging_mode(conf) == "copy":
+        if m is not None:
+            names = [i["name"] for i in m["images"]] + [_manifest.NAME]
+        else:
+            names = [n for n in os.listdir(real) if os.path.isfile(os.path.join(real, n))]
+        here = staging.stage(real, names, conf.staging_dir, where)
     else:
-        from runc_grit.checkpoint import integrity
-        signed = integrity.check_signature(m, conf, "restore source %s" % path)
-        _manifest.check_files(real, m, digest=(getattr(conf, "verify", "size") == "digest"
-                                               or signed))
-    return real, m
+        staging.check_in_place(real, _root_of(real, conf.checkpoint_roots), where)
+        here = real
+    try:
+        m = _verify(here, conf, image_format, where, m is not None)
+    except BaseException:
+        release(here, conf)
+        raise
+    return here, m, real
+
+
+def _verify(image_dir, conf, image_format, where, want_manifest):
+    """The images, the manifest (as read from image_dir itself), its signature, every file."""
+    images.check(image_dir, image_format)
+    m = _manifest.load(image_dir)
+    if m is None:
+        if want_manifest:
+            raise GritError("%s: %s vanished while it was staged" % (where, _manifest.NAME),
+                            kind="source")
+        return None
+    from runc_grit.checkpoint import integrity
+    signed = integrity.check_signature(m, conf, where)
+    _manifest.check_files(image_dir, m, digest=(getattr(conf, "verify", "size") == "digest"
+                                                or signed), where=where)
+    return m
+
+
+def is_kubernetes(spec):
+    """A container kubelet made (CRI annotations): its restore image came from a pod spec."""
+    return (spec.get("annotations") or {}).get("io.kubernetes.cri.container-type") == "container"
+
+
+def verify_given(image_dir, conf, kubernetes=False):
+    """`restore --image-path DIR` called directly: DIR is the caller's (containerd unpacks a
+    checkpoint archive into a dir of its own). Its manifest, when there is one, is verified in
+    place (signature, every file); a Kubernetes container's image without one is refused
+    unless the node accepts raw CRIU dirs and unsigned checkpoints. Returns the manifest."""
+    where = "restore image %s" % image_dir
+    m = _manifest.load(image_dir) if os.path.isdir(image_dir) else None
+    if m is None:
+        if kubernetes and (conf.require_signature or not conf.accept_raw_criu):
+            raise GritError("%s: no %s: not a checkpoint taken through runc-grit, and this node "
+                            "restores only those (require_signature, accept_raw_criu)"
+                            % (where, _manifest.NAME), kind="source")
+        return None
+    images.check_entries(image_dir)
+    return _verify(image_dir, conf, "CRIU", where, True)
+
+
+def staging_mode(conf):
+    return getattr(conf, "staging", "copy")
+
+
+def release(image_dir, conf):
+    """After a restore: the staged copy goes (a source used in place stays)."""
+    if staging_mode(conf) == "copy":
+        staging.discard(image_dir, conf.staging_dir)
+
+
+def _root_of(real, roots):
+    for r in roots:
+        rr = os.path.realpath(r)
+        if _inside(real, [rr]):
+            return rr
+    return real

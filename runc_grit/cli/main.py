@@ -147,18 +147,25 @@ def import_cmd(archive_file, output):
 
 @cli.command()
 @click.option("--dry-run", is_flag=True)
-def gc(dry_run):
+@click.option("--root", "roots", multiple=True,
+              help="Runtime roots to look in (default: the one each container was made under).")
+def gc(dry_run, roots):
     """Remove state of containers the runtime no longer knows."""
     from runc_grit.node.config import load
     from runc_grit.node.state import ContainerState, list_ids
     from runc_grit.runtimes.delegate import Delegate
     conf = load()
-    rt = Delegate(conf.runtime)
+    path = Delegate(conf.runtime).path
     for cid in list_ids(conf.state_dir):
-        if rt.state(cid) is None:
+        st = ContainerState(conf.state_dir, cid)
+        rec = st.read() or {}
+        where = list(roots) or [rec.get("root")]  # None: the runtime's default root
+        known = any(Delegate.at(path, ["--root", r] if r else []).state(cid) is not None
+                    for r in where)
+        if not known:
             click.echo("stale: %s" % cid)
             if not dry_run:
-                with ContainerState(conf.state_dir, cid) as st:
+                with st:
                     st.remove()
 
 

@@ -9,6 +9,11 @@ import subprocess
 from runc_grit.errors import GritError
 
 
+def _die_with_parent():
+    from runc_grit.node.procs import _pdeathsig
+    _pdeathsig()
+
+
 class Helper:
     name = "helper"
 
@@ -103,8 +108,9 @@ class BinaryHelper(Helper):
 
     def _run(self, *args, check=True):
         try:
+            # dies with runc-grit: the crash guard then finds the state it left and undoes it
             p = subprocess.run(self.argv(args), stdin=subprocess.DEVNULL,
-                               capture_output=True, timeout=600)
+                               capture_output=True, timeout=600, preexec_fn=_die_with_parent)
         except OSError as e:
             raise GritError("cuda helper %s: %s" % (self.name, e.strerror), kind="gpu") from None
         if check and p.returncode != 0:

@@ -10,6 +10,12 @@ from runc_grit.gpu import helper as _helper
 from runc_grit.gpu import records
 
 
+def wanted(conf):
+    """Will the pre-dump find CUDA processes to act on here: CUDA not off, a helper (the
+    driver, or a configured binary) present."""
+    return conf.cuda.get("enabled") != "never" and _helper.for_config(conf) is not None
+
+
 def pre_dump(init_pid, st, conf, log=None):
     """Lock, then checkpoint, every CUDA process of the container. Idempotent."""
     if records.done(st, "pre-dump", init_pid):

@@ -41,3 +41,13 @@ def epilogue(st, conf, log=None):
     if failed:
         raise GritError("CUDA processes %s could not be resumed" % failed, kind="gpu")
     return resumed
+
+
+def pending(st, conf):
+    """The processes the pre-dump touched that are not running (yet)."""
+    procs = records.read_record(st).get("processes") or {}
+    if not procs:
+        return []
+    helper = _helper.for_config(conf, required=True)
+    return [int(p) for p in procs if os.path.exists("/proc/%s" % p)
+            and helper.state(int(p)) not in (None, "running")]

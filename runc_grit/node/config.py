@@ -22,7 +22,10 @@ DEFAULTS = {
     "verify": "size",
     "restore_cgroups": "ignore",
     "signing_key": None,
-    "require_signature": False,
+    "require_signature": True,
+    "staging": "copy",
+    "staging_dir": "/var/lib/runc-grit/staging",
+    "privilege_check": "enforce",
     "cuda": {
         "enabled": "auto",
         "helper": "builtin",

@@ -72,6 +72,7 @@ def run_checks():
         checks.append(Check("state_dir", os.access(conf.state_dir, os.W_OK), conf.state_dir))
     except OSError as e:
         checks.append(Check("state_dir", False, "%s: %s" % (conf.state_dir, e.strerror)))
+    checks += _trust_checks(conf)
     roots = [r for r in conf.checkpoint_roots if os.path.isdir(r)]
     checks.append(Check("checkpoint_roots", bool(roots),
                         ", ".join(conf.checkpoint_roots) + ("" if roots else " (none exists yet)"),
@@ -90,6 +91,36 @@ def run_checks():
         checks.append(Check("CUDA driver", False, "libcuda.so.1 not found (GPU checkpoints off)",
                             blocker=need_cuda))
     return checks
+
+
+def _trust_checks(conf):
+    """What protects restores (docs/security.md): signatures, the privilege check, staging."""
+    from runc_grit.checkpoint import criuimages, integrity
+    from runc_grit.errors import GritError
+    out = []
+    if not conf.require_signature:
+        out.append(Check("signatures", False, "require_signature is false: unsigned checkpoints "
+                         "are restored (an explicit choice; pods can point at any image under "
+                         "the checkpoint roots)", blocker=False))
+    elif not conf.signing_key:
+        out.append(Check("signatures", False, "require_signature is true but no signing_key is "
+                         "set: every restore is refused (install/install.sh makes a key)"))
+    else:
+        try:
+            key = integrity.load_key(conf.signing_key)
+            out.append(Check("signatures", True, "required; key %s (id %s)"
+                             % (conf.signing_key, integrity.key_id(key))))
+        except GritError as e:
+            out.append(Check("signatures", False, e.message))
+    mode = conf.privilege_check
+    where = criuimages.pycriu_path(conf)
+    out.append(Check("privilege check", mode == "enforce" and where is not None,
+                     "%s; pycriu %s" % (mode, where or "not found (install/deps.sh)"),
+                     blocker=mode == "enforce"))
+    out.append(Check("staging", True, "copy into %s" % conf.staging_dir
+                     if conf.staging == "copy" else "none: in place, root-only dirs only",
+                     blocker=False))
+    return out
 
 
 def render(checks, as_json=False):

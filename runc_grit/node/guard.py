@@ -81,17 +81,15 @@ def rollback(job):
             else:
                 st.write(record, "rollback.json")
         elif job["kind"] == "checkpoint":
+            # left frozen by CRIU, or by the caller's pause (containerd pauses, then
+            # checkpoints, and its deferred resume dies with the CRI deadline that killed
+            # runc-grit): an unfinished checkpoint leaves the source running (KEP-6274), and
+            # CUDA's restore and unlock need it thawed
             info = rt.state(job["cid"]) or {}
-            if info.get("status") == "paused" and not job.get("was_paused"):
+            if info.get("status") == "paused":
                 rt.resume(job["cid"])
                 record["thawed"] = True
-            try:
-                from runc_grit.gpu import rollback
-                from runc_grit.node import config as _config
-                conf = _config.Config(json.loads(os.environ["RUNC_GRIT_HOOK_CONF"]))
-                record["cuda_resumed"] = rollback.epilogue(st, conf)
-            except Exception as e:  # noqa: BLE001 - recorded; nothing else can act now
-                record["cuda_error"] = str(e)
+            record.update(_cuda_epilogue(st))
             if st.read() is not None:
                 st.write(record, "rollback.json")
             else:  # runc-grit held no state for this container before: leave none
@@ -103,6 +101,25 @@ def rollback(job):
             _kill_cgroup(state_json)
             st.remove()
     return record
+
+
+def _cuda_epilogue(st, tries=3):
+    """Every CUDA process the pre-dump touched back to running. A helper runc-grit had started
+    dies with it, but may just have changed a process's state: so look again, a few times."""
+    from runc_grit.gpu import rollback
+    from runc_grit.node import config as _config
+    out = {}
+    for _ in range(tries):
+        try:
+            conf = _config.Config(json.loads(os.environ["RUNC_GRIT_HOOK_CONF"]))
+            out["cuda_resumed"] = rollback.epilogue(st, conf)
+            out.pop("cuda_error", None)
+            time.sleep(0.5)
+            if not rollback.pending(st, conf):
+                break
+        except Exception as e:  # noqa: BLE001 - recorded; nothing else can act now
+            out["cuda_error"] = str(e)
+    return out
 
 
 class _NoLog:

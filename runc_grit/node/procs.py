@@ -117,11 +117,13 @@ class guarded:
         return False
 
 
-def run(argv, env=None, quiet=False, capture=False, timeout=None, guard=None):
+def run(argv, env=None, quiet=False, capture=False, timeout=None, guard=None, pass_fds=()):
     """Run argv; return (returncode, stdout bytes or None).
     guard: a job for runc_grit.guard (kind, cid, state_dir, runtime, globals): argv then runs
-    in a process group of its own, which the guard kills, and rolls back, if we die first."""
-    kwargs = {"env": env, "preexec_fn": _pdeathsig, "close_fds": True}
+    in a process group of its own, which the guard kills, and rolls back, if we die first.
+    pass_fds: descriptors of ours the child keeps (runc's --status-fd)."""
+    kwargs = {"env": env, "preexec_fn": _pdeathsig, "close_fds": True,
+              "pass_fds": tuple(pass_fds)}
     guard_fd = None
     if guard is not None:
         guard_fd = _start_guard(guard, env)

@@ -101,10 +101,10 @@ class Runtime:
 
     # -- the protocol ----------------------------------------------------------------------
     def create(self, req):
-        """A plain create: recorded, then the runtime's own (exec'd: its stdio is the
-        container's)."""
-        req.st.write({"id": req.cid, "bundle": req.bundle, "created": time.time(),
-                      "restored_from": None})
+        """A plain create: the runtime's own (exec'd: its stdio is the container's). runc-grit
+        keeps no state for it: runc may remove the container itself (a create that fails,
+        `run` in the foreground), and nothing of runc-grit's may outlive it."""
+        req.st.remove()
         req.st.unlock()
         req.exec(self.translate(req.inv, req.args))
 

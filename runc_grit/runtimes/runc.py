@@ -19,9 +19,9 @@ import time
 
 from runc_grit import argv as _argv
 from runc_grit import fastconf
-from runc_grit.checkpoint import manifest, source
+from runc_grit.checkpoint import compat, manifest, privileges, source
 from runc_grit.errors import GritError
-from runc_grit.gpu import destination, postresume, records, rollback
+from runc_grit.gpu import destination, postresume, predump, records, rollback
 from runc_grit.node import config as _config
 from runc_grit.node import procs
 from runc_grit.oci import spec as _spec
@@ -40,17 +40,29 @@ class Runc(Runtime):
 
     def restore_on_create(self, req):
         prepare_spec(req)
-        conf, st, cid = req.conf, req.st, req.cid
+        conf, where = req.conf, "restore source %s" % req.restore.path
         try:
-            self.require_checkpoint("restore of %s" % cid)
-            image_dir, m = source.validate(req.restore.path, conf)
-            from runc_grit.checkpoint import compat
-            compat.check(m, "restore source %s" % req.restore.path, os.path.basename(self.rt.path),
-                         criu_version(conf), _spec.annotations(req.spec))
-            pairs = destination.check_destination(m, conf, req.bundle)
-            _apply_rootfs_diff(image_dir, req)
+            self.require_checkpoint("restore of %s" % req.cid)
+            image_dir, m, real = source.validate(req.restore.path, conf)
         except GritError as e:
             return req.give_up(e, "restore from %s refused: %s" % (req.restore.path, e.message))
+        try:  # image_dir: a verified copy (staging: copy), released whatever happens
+            try:
+                privileges.check(image_dir, req.spec, conf, req.log, where)
+                compat.check(m, where, os.path.basename(self.rt.path), criu_version(conf),
+                             _spec.annotations(req.spec))
+                pairs = destination.check_destination(m, conf, req.bundle)
+                _apply_rootfs_diff(image_dir, req)
+            except GritError as e:
+                return req.give_up(e, "restore from %s refused: %s"
+                                   % (req.restore.path, e.message))
+            return self._restore(req, image_dir, real, pairs)
+        finally:
+            source.release(image_dir, conf)
+
+    def _restore(self, req, image_dir, real, pairs):
+        """`runc restore` of the verified image_dir (from source real) as the created container."""
+        conf, st, cid = req.conf, req.st, req.cid
         work = st.path("criu-work")
         os.makedirs(work, exist_ok=True)
         inv = req.inv
@@ -64,9 +76,9 @@ class Runc(Runtime):
         for flag in dropped:
             req.log.debug("restore has no --%s; dropped" % flag)
         st.write({"id": cid, "bundle": req.bundle, "created": time.time(),
-                  "restored_from": image_dir, "annotation": req.restore.annotation,
-                  "phase": "restoring"})
-        req.log.debug("restoring %s from %s" % (cid, image_dir))
+                  "restored_from": real, "annotation": req.restore.annotation,
+                  "phase": "restoring", "root": self.rt.root()})
+        req.log.debug("restoring %s from %s (as %s)" % (cid, real, image_dir))
         t0 = time.monotonic()
         extra = {"RUNC_GRIT_IMAGE_DIR": image_dir}
         if pairs is not None:
@@ -93,7 +105,7 @@ class Runc(Runtime):
         self.rt.release_restore_mounts(cid)
         if detach:
             procs.kill_adopted()  # tasks a killed or failed CRIU left behind
-        msg = "restore from %s failed: %s" % (image_dir, reason)
+        msg = "restore from %s failed: %s" % (real, reason)
         return req.give_up(GritError(msg, kind="restore"))
 
     # -- restore (called directly, e.g. by containerd's own restore) -----------------------
@@ -101,12 +113,29 @@ class Runc(Runtime):
         conf, st, cid, inv = req.conf, req.st, req.cid, req.inv
         # the caller chose a cgroup mode: the CRIU config (which would win) names none
         prepare_spec(req, "runtime" if inv.value("manage-cgroups-mode") else None)
-        image_dir = inv.value("image-path") or os.path.join(os.getcwd(), "checkpoint")
+        image_dir = os.path.abspath(inv.value("image-path")
+                                    or os.path.join(os.getcwd(), "checkpoint"))
+        extra = {"RUNC_GRIT_IMAGE_DIR": image_dir}
+        pairs = None
+        try:
+            m = source.verify_given(image_dir, conf, source.is_kubernetes(req.spec))
+            if m is not None or source.is_kubernetes(req.spec):
+                # a Kubernetes container's image came from its pod spec (containerd's
+                # checkpoint restore): checked like a restore-on-create
+                where = "restore of %s from %s" % (cid, image_dir)
+                privileges.check(image_dir, req.spec, conf, req.log, where)
+                compat.check(m, where, os.path.basename(self.rt.path), criu_version(conf),
+                             _spec.annotations(req.spec))
+                pairs = destination.check_destination(m, conf, req.bundle)
+        except GritError:
+            st.remove()
+            raise
+        if pairs is not None:
+            extra["RUNC_GRIT_DEVICE_PAIRS"] = json.dumps(pairs)
         st.write({"id": cid, "bundle": req.bundle, "created": time.time(),
-                  "restored_from": os.path.abspath(image_dir), "phase": "restoring"})
-        rc, _ = procs.run(self.rt.command(req.args),
-                          env=hook_env(conf, st, {"RUNC_GRIT_IMAGE_DIR": image_dir}))
-        why = postresume.resume_failure(st, False) if rc == 0 else None
+                  "restored_from": image_dir, "phase": "restoring", "root": self.rt.root()})
+        rc, _ = procs.run(self.rt.command(req.args), env=hook_env(conf, st, extra))
+        why = postresume.resume_failure(st, pairs is not None) if rc == 0 else None
         if why:
             self.rt.force_delete(cid)
             st.remove()
@@ -129,19 +158,28 @@ class Runc(Runtime):
                                     or os.path.join(os.getcwd(), "checkpoint"))
         leave_running = inv.has("leave-running")
         pre_dump = inv.has("pre-dump")
+        was_paused = info.get("status") == "paused"
+        # containerd (CRI CheckpointContainer) pauses a container before it checkpoints it,
+        # but CUDA's lock, checkpoint, restore and unlock need its tasks running (on frozen
+        # ones they hang until their timeout): the GPU steps run thawed, around the dump
+        thaw_for_cuda = was_paused and predump.wanted(conf)
         st = req.st
         had_state = st.exists()
         with st:
             manifest.prepare_dir(image_dir, "checkpoint of %s" % cid)
             records.reset_records(st)
             t0 = time.monotonic()
-            rc, _ = procs.run(rt.command(req.args),
-                              env=hook_env(conf, st, {"RUNC_GRIT_IMAGE_DIR": image_dir}),
-                              guard=rt.guard_job("checkpoint", st,
-                                                 was_paused=info.get("status") == "paused"))
+            job = rt.guard_job("checkpoint", st, was_paused=was_paused)
+            env = hook_env(conf, st, {"RUNC_GRIT_IMAGE_DIR": image_dir})
+            if thaw_for_cuda:  # the action script's pre-dump then finds it done
+                with procs.guarded(job, env):
+                    with _thawed(rt, cid):
+                        predump.pre_dump(int(info["pid"]), st, conf, log)
+            rc, _ = procs.run(rt.command(req.args), env=env, guard=job,
+                              pass_fds=_fds(inv, "status-fd"))
             dump_s = time.monotonic() - t0
             resumed = []
-            if rc != 0 and info.get("status") != "paused":
+            if rc != 0 and not was_paused:
                 after = rt.state(cid)
                 if after is not None and after.get("status") == "paused":
                     # CRIU died between freezing the cgroup and thawing it
@@ -150,8 +188,12 @@ class Runc(Runtime):
                                 % cid)
             if rc != 0 or leave_running:
                 # The source keeps computing: undo the CUDA checkpoint of every process the
-                # action script locked or checkpointed.
-                resumed = rollback.epilogue(st, conf, log)
+                # action script locked or checkpointed (thawed, if its caller had paused it).
+                if thaw_for_cuda and records.read_record(st).get("processes"):
+                    with _thawed(rt, cid):
+                        resumed = rollback.epilogue(st, conf, log)
+                else:
+                    resumed = rollback.epilogue(st, conf, log)
             if rc != 0:
                 reason = failure_reason(inv, inv.value("work-path") or image_dir, rc)
                 if not had_state and rt.state(cid) is None:
@@ -184,8 +226,46 @@ class Runc(Runtime):
             if resumed:
                 log.debug("CUDA resumed in %s" % ",".join(str(p) for p in resumed))
             if not leave_running and rt.state(cid) is None and not had_state:
+                _keep_journal(st, inv.value("work-path"), image_dir)
                 st.remove()
             return 0
+
+
+def _keep_journal(st, work_dir, image_dir):
+    """The action script's journal, beside CRIU's dump.log in the work dir, when the
+    container (and so runc-grit's state of it) is gone after its checkpoint."""
+    if work_dir and os.path.abspath(work_dir) != image_dir:
+        try:
+            import shutil
+            shutil.copyfile(st.path("hooks.jsonl"), os.path.join(work_dir, "grit-hooks.jsonl"))
+        except OSError:
+            pass
+
+
+def _fds(inv, flag):
+    """The descriptor a flag names (runc's --status-fd N), for the runtime to inherit."""
+    try:
+        fd = int(inv.value(flag))
+    except (TypeError, ValueError):
+        return ()
+    return (fd,) if fd > 2 else ()
+
+
+class _thawed:
+    """A paused container, running inside the block, paused again after it."""
+
+    def __init__(self, rt, cid):
+        self.rt, self.cid = rt, cid
+
+    def __enter__(self):
+        if self.rt.resume(self.cid) != 0:
+            raise GritError("cannot resume %s for its CUDA steps; the container was not "
+                            "checkpointed" % self.cid, kind="checkpoint")
+        return self
+
+    def __exit__(self, *exc):
+        self.rt.pause(self.cid)
+        return False
 
 
 # --- the CRIU config, the action script's environment, CRIU itself -------------------------

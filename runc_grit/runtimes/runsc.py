@@ -296,28 +296,43 @@ class Runsc(Runtime):
         """create -> `runsc restore --detach` from the request's images; then CUDA unfrozen in
         the sandbox."""
         from runc_grit.checkpoint import compat, source
-        from runc_grit.node import procs
-        inv, conf, log, rt, st, cid = req.inv, req.conf, req.log, req.rt, req.st, req.cid
+        conf, rt = req.conf, req.rt
         bundle, spec, ask = req.bundle, req.spec, req.restore
         try:
-            image_dir, m = source.validate(ask.path, conf, image_format="gVisor")
-            compat.check(m, "restore source %s" % ask.path, os.path.basename(rt.path), None,
-                         (spec.get("annotations") or {}))
-            cuda_pids = sandbox.pids_in(m)
-            if cuda_pids and conf.cuda.get("enabled") == "never":
-                raise GritError("checkpoint holds CUDA state but cuda.enabled is 'never' here",
-                                kind="gpu")
-            if (m or {}).get("gpu", {}).get("devices"):
-                from runc_grit.gpu import destination
-                destination.check_destination(m, conf, bundle)
+            image_dir, m, real = source.validate(ask.path, conf, image_format="gVisor")
         except GritError as e:
             return req.give_up(e, "restore from %s refused: %s" % (ask.path, e.message))
+        try:  # image_dir: a verified copy (staging: copy), released whatever happens
+            try:
+                # (no privilege check: gVisor's image holds the sandbox's guest state; the
+                # sandbox's privileges on the host come from the new spec)
+                compat.check(m, "restore source %s" % ask.path, os.path.basename(rt.path), None,
+                             (spec.get("annotations") or {}))
+                cuda_pids = sandbox.pids_in(m)
+                if cuda_pids and conf.cuda.get("enabled") == "never":
+                    raise GritError("checkpoint holds CUDA state but cuda.enabled is 'never' here",
+                                    kind="gpu")
+                if (m or {}).get("gpu", {}).get("devices"):
+                    from runc_grit.gpu import destination
+                    destination.check_destination(m, conf, bundle)
+            except GritError as e:
+                return req.give_up(e, "restore from %s refused: %s" % (ask.path, e.message))
+            return self._restore(req, image_dir, real, cuda_pids)
+        finally:
+            source.release(image_dir, conf)
+
+    def _restore(self, req, image_dir, real, cuda_pids):
+        """`runsc restore` of the verified image_dir (from source real) as the created
+        container; then its CUDA processes unfrozen inside the sandbox."""
+        from runc_grit.node import procs
+        inv, conf, log, rt, st, cid = req.inv, req.conf, req.log, req.rt, req.st, req.cid
         detach = inv.command == "create" or inv.has("detach")
         rargs, dropped = create_to_restore(inv, image_dir, detach=detach)
         for flag in dropped:
             log.debug("runsc restore has no --%s; dropped" % flag)
-        st.write({"id": cid, "bundle": bundle, "created": time.time(), "restored_from": image_dir,
-                  "annotation": ask.annotation, "phase": "restoring", "runtime": "runsc"})
+        st.write({"id": cid, "bundle": req.bundle, "created": time.time(), "restored_from": real,
+                  "annotation": req.restore.annotation, "phase": "restoring", "runtime": "runsc",
+                  "root": rt.root()})
         t0 = time.monotonic()
         rc, _ = procs.run(rt.command(rargs))
         elapsed = time.monotonic() - t0
@@ -338,7 +353,7 @@ class Runsc(Runtime):
         if reason is None:
             reason = failure_reason(inv.global_value("log"), rc, "runsc")
         rt.force_delete(cid)
-        return req.give_up(GritError("restore from %s failed: %s" % (image_dir, reason),
+        return req.give_up(GritError("restore from %s failed: %s" % (real, reason),
                                      kind="restore"))
 
     def restore(self, req):

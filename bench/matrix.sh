@@ -1,0 +1,82 @@
+#!/bin/bash
+# The version matrix: each cell a real run of runc-grit's stack-sensitive tests on one
+# combination of runc (or crun), CRIU and containerd, installed by install/stacks.sh into
+# private prefixes and selected by putting the stack's bin dir first on PATH.
+#
+#   bash bench/matrix.sh [CELL ...]        (default: every cell; as root, after bootstrap)
+#
+# Cells: every version of every component at least once beside the current versions of the
+# rest (current = sid: runc 1.3, CRIU 4.2, containerd 2.1), and the stacks as the suites ship
+# them. In each cell: pass-through lifecycle; checkpoint; restore-on-create into a new id and
+# bundle; a chain of two migrations with --leave-running; failed dumps (the source keeps
+# running); the bundle reused; through containerd, `ctr` checkpoint + restore by annotation
+# and the CRI pod restore with handler grit (and on containerd >= 2.1 the CRI
+# CheckpointContainer path); and tests/test_stack.py, which checks that the runc, CRIU and
+# containerd that ran are the cell's. Results: bench/results/matrix.md (+ one log per cell).
+set -u
+cd "$(dirname "$0")/.."
+OUT=bench/results
+LOGS=${MATRIX_LOGS:-/var/tmp/runc-grit-matrix}
+mkdir -p "$OUT" "$LOGS"
+
+# name | install/stacks.sh settings | what the cell must run
+CELLS="
+debian12|RUNC_GRIT_STACK=debian12|runc=1.1.5 criu=4.1.1 containerd=1.6.20
+current|RUNC_GRIT_STACK=current|runc=1.3.6 criu=4.2.1 containerd=2.1.9
+next|RUNC_GRIT_STACK=next|runc=1.4.3 criu=4.3 containerd=2.1.9
+trixie|RUNC_GRIT_STACK=trixie|runc=1.1.15 criu=4.1.1 containerd=1.7.24
+runc1.1|RUNC_GRIT_STACK=current RUNC_GRIT_RUNC=trixie|runc=1.1.15 criu=4.2.1 containerd=2.1.9
+runc1.4|RUNC_GRIT_STACK=current RUNC_GRIT_RUNC=experimental|runc=1.4.3 criu=4.2.1 containerd=2.1.9
+criu4.1|RUNC_GRIT_STACK=current RUNC_GRIT_CRIU=trixie|runc=1.3.6 criu=4.1.1 containerd=2.1.9
+criu4.3|RUNC_GRIT_STACK=current RUNC_GRIT_CRIU=experimental|runc=1.3.6 criu=4.3 containerd=2.1.9
+containerd1.6|RUNC_GRIT_STACK=current RUNC_GRIT_CONTAINERD=bookworm|runc=1.3.6 criu=4.2.1 containerd=1.6.20
+containerd1.7|RUNC_GRIT_STACK=current RUNC_GRIT_CONTAINERD=trixie|runc=1.3.6 criu=4.2.1 containerd=1.7.24
+"
+TESTS=(
+  tests/test_stack.py
+  "tests/test_integration_runc.py::test_lifecycle_same_as_runc"
+  "tests/test_integration_runc.py::test_checkpoint_and_restore_from_annotation"
+  "tests/test_integration_runc.py::test_restore_chain_and_leave_running"
+  "tests/test_reliability.py::test_checkpoint_fault_leaves_the_source_running"
+  "tests/test_dropin.py::test_one_bundle_eight_containers_at_once_then_checkpoint_and_restore"
+  "tests/test_containerd.py::test_ctr_checkpoint_then_restore_by_annotation"
+  "tests/test_containerd.py::test_cri_pod_restores_from_grit_checkpoint_annotation"
+)
+[ -e tests/test_cri_checkpoint.py ] && TESTS+=(tests/test_cri_checkpoint.py)
+
+want=" $* "
+CELLDIR=$OUT/matrix-cells      # one row per cell, kept between runs
+mkdir -p "$CELLDIR"
+for line in $CELLS; do
+  IFS='|' read -r name settings expect <<<"$line"
+  [ "$want" = "  " ] || [ "${want/ $name /}" != "$want" ] || continue
+  log=$LOGS/$name.log
+  echo "== $name: $settings" | tee "$log"
+  bin=$(env $settings bash install/stacks.sh 2>>"$log") || {
+    echo "| $name | $expect | stack install failed | | |" > "$CELLDIR/$name.md"; continue; }
+  t0=$(date +%s)
+  PATH=$bin:$PATH RUNC_GRIT_EXPECT="$expect" CI=true \
+    .venv/bin/python -m pytest -v -p no:cacheprovider "${TESTS[@]}" >>"$log" 2>&1
+  rc=$?
+  dt=$(( $(date +%s) - t0 ))
+  summary=$(tail -1 "$log" | sed 's/=//g; s/^ *//; s/ *$//')
+  failed=$(grep -E "^(tests/[^ ]+) (FAILED|ERROR)" "$log" | awk '{print $1}' | sed 's/.*:://' | tr '\n' ' ')
+  echo "| $name | $expect | $summary | ${dt}s | ${failed:-} | $(date -u +%Y-%m-%d) |" > "$CELLDIR/$name.md"
+  echo "   $summary (${dt}s)"
+done
+
+{
+  echo "# Version matrix ($(uname -r), cgroup $(stat -fc %T /sys/fs/cgroup) at /sys/fs/cgroup)"
+  echo
+  echo "Each cell: \`bash bench/matrix.sh CELL\` (install/stacks.sh, then the tests below with the"
+  echo "stack's bin dir first on PATH; logs in $LOGS). Tests:"
+  printf '%s\n' "${TESTS[@]}" | sed 's/^/- /'
+  echo
+  echo "| cell | runs | result | time | failed | run on |"
+  echo "|---|---|---|---|---|---|"
+  for line in $CELLS; do
+    name=${line%%|*}
+    [ -e "$CELLDIR/$name.md" ] && cat "$CELLDIR/$name.md"
+  done
+} > "$OUT/matrix.md"
+cat "$OUT/matrix.md"

@@ -1,0 +1,107 @@
+"""What runc-grit verifies is what CRIU reads: no time between the check and the use.
+
+A checkpoint root is typically a volume that pods and other nodes write to. A file replaced
+or rewritten after runc-grit verified it, and before CRIU (as root) reads it, would be
+restored unverified. Config `staging` chooses the defence:
+
+  copy   (default) the manifest's files are copied into a fresh root-only dir on this node
+         (`staging_dir`), and the signature, the digests, the image checks and the privilege
+         check all read that copy; CRIU restores from it; it is removed afterwards. A file
+         changed in the source after the copy is never read again.
+  none   the image dir is used in place, and refused unless it, each of its parents up to
+         the checkpoint root, and every file in it belong to root and are writable by no one
+         else (no hard links either): only root could swap a file, and root could run CRIU.
+
+copy uses copy_file_range (in-kernel; a reflink where the filesystem has them), files in
+parallel.
+"""
+import os
+import shutil
+import stat
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+from runc_grit.errors import GritError
+
+
+def _copy(src, dst, size):
+    with open(src, "rb") as fi, open(dst, "xb") as fo:
+        os.fchmod(fo.fileno(), 0o600)
+        left = size
+        while left > 0:
+            n = os.copy_file_range(fi.fileno(), fo.fileno(), min(left, 1 << 30))
+            if n == 0:
+                break
+            left -= n
+        # a source that grew after the size check: copy no more than the manifest lists;
+        # one that shrank: the copy is short, and its size check refuses it
+    return dst
+
+
+def stage(image_dir, names, staging_dir, where):
+    """A root-only copy of image_dir's files `names` (the manifest's, and the manifest).
+    Returns the new dir; GritError (and nothing left behind) when a copy fails."""
+    try:
+        os.makedirs(staging_dir, mode=0o700, exist_ok=True)
+        os.chmod(staging_dir, 0o700)
+        dest = tempfile.mkdtemp(prefix="restore-", dir=staging_dir)
+    except OSError as e:
+        raise GritError("%s: staging dir %s: %s" % (where, staging_dir, e.strerror),
+                        kind="source") from None
+    jobs = []
+    try:
+        for name in names:
+            src = os.path.join(image_dir, name)
+            try:
+                st = os.lstat(src)
+            except FileNotFoundError:
+                raise GritError("%s: image %s listed in the manifest is missing" % (where, name),
+                                kind="source") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise GritError("%s: %s is not a regular file" % (where, name), kind="source")
+            jobs.append((src, os.path.join(dest, name), st.st_size))
+        with ThreadPoolExecutor(max(1, min(8, len(jobs)))) as pool:
+            list(pool.map(lambda j: _copy(*j), jobs))
+    except OSError as e:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise GritError("%s: copying %s into the staging dir: %s"
+                        % (where, getattr(e, "filename", "") or image_dir, e.strerror),
+                        kind="source") from None
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return dest
+
+
+def _root_only(path, st):
+    return st.st_uid == 0 and not st.st_mode & 0o022
+
+
+def check_in_place(image_dir, root, where):
+    """staging: none. Refuse an image dir that anyone but root could change: the dir and its
+    parents up to the checkpoint root (inclusive), and every file (no hard links)."""
+    d = image_dir
+    while True:
+        st = os.lstat(d)
+        if not _root_only(d, st):
+            raise GritError("%s: %s is owned by uid %d with mode %o: someone other than root "
+                            "could swap the images after they are verified (staging: none "
+                            "needs a root-only checkpoint root)"
+                            % (where, d, st.st_uid, st.st_mode & 0o7777), kind="source")
+        if d == root or os.path.dirname(d) == d:
+            break
+        d = os.path.dirname(d)
+    for name in os.listdir(image_dir):
+        p = os.path.join(image_dir, name)
+        st = os.lstat(p)
+        if stat.S_ISREG(st.st_mode) and (not _root_only(p, st) or st.st_nlink > 1):
+            raise GritError("%s: %s is owned by uid %d with mode %o and %d links: it could be "
+                            "changed after it is verified" % (where, p, st.st_uid,
+                                                             st.st_mode & 0o7777, st.st_nlink),
+                            kind="source")
+
+
+def discard(path, staging_dir):
+    """Remove a staged copy (only ever one under staging_dir)."""
+    if path and os.path.dirname(path) == os.path.abspath(staging_dir):
+        shutil.rmtree(path, ignore_errors=True)

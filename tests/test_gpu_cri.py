@@ -1,0 +1,153 @@
+"""Issue 16 on a real GPU: a PyTorch job in a Kubernetes pod, checkpointed by the CRI call
+kubelet makes (CheckpointContainer, containerd >= 2.1, runtime handler grit) and restored into
+a new pod whose image is the checkpoint archive; every step it prints after the restore is
+bit-identical (float hex) to an uninterrupted run's. Skipped without a GPU or containerd 2.1.
+Run on the device machine: bash bench/gpu/device_run.sh cri
+"""
+import glob
+import os
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ctrd import PAUSE, build_image_layout, containerd_version, cri_containerd, grit_wrapper
+from gpu.gpuctr import APP_DIR, read_steps
+from test_cri_checkpoint import commands
+from test_gpu_device import _gpu_missing, reference
+
+from conftest import Env
+
+
+def _missing():
+    why = _gpu_missing()
+    if why:
+        return why
+    v = containerd_version()
+    if v is None or v < (2, 1):
+        return "needs containerd >= 2.1 on PATH"
+    try:
+        import grpc_tools  # noqa: F401
+    except ImportError:
+        return "needs grpcio-tools"
+    return None
+
+
+pytestmark = [pytest.mark.gpu, pytest.mark.integration,
+              pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
+MIB = int(os.environ.get("GPU_TEST_MIB", "2048"))
+REPO_NAME = "grit-hostbind"
+
+
+def host_bind_rootfs(d):
+    """An image rootfs for a container that runs the host's Python and torch: empty dirs for
+    the host's /usr, /opt and /etc, the app and the logs; lib symlinks as the host has them."""
+    for sub in ("usr", "opt", "etc", "proc", "dev", "sys", "tmp", "app", "logs", "run"):
+        os.makedirs(os.path.join(d, sub), exist_ok=True)
+    for sub in ("lib", "lib64", "bin", "sbin"):
+        if os.path.islink("/" + sub):
+            os.symlink(os.readlink("/" + sub), os.path.join(d, sub))
+    return d
+
+
+@pytest.fixture
+def gcri(workdir):
+    from cri_client import CRI
+    from registry import Registry
+    e = Env(workdir, {"cuda": {"lock_timeout_ms": 20000}})
+    d = os.path.join(workdir, "ctd")
+    os.makedirs(d)
+    record = os.path.join(workdir, "argv.log")
+    wrapper = grit_wrapper(os.path.join(workdir, "runc-grit"), record=record)
+    layout = build_image_layout(os.path.join(workdir, "img"), "docker.io/library/%s:test"
+                                % REPO_NAME, ("python3",),
+                                rootfs=host_bind_rootfs(os.path.join(workdir, "img-rootfs")))
+    reg = Registry(layout, REPO_NAME)
+    c = None
+    try:
+        c = cri_containerd(d, e.env, wrapper, images=((PAUSE, ("sleep", "2147483647")),))
+        client = CRI(c.sock)
+        client.version()
+        client.ctrd, client.grit, client.pods, client.record = c, e, [], record
+        client.logs = os.path.join(workdir, "logs")
+        os.makedirs(client.logs)
+        client.ref = reg.ref("test")
+        client.pull(client.ref)
+        yield client
+        for pod in client.pods:
+            try:
+                client.remove_pod(pod)
+            except Exception:  # noqa: BLE001 - best effort, containerd stops next
+                pass
+    finally:
+        if c is not None:
+            c.stop()
+        reg.stop()
+
+
+def gpu_container(cri, name, image, log_dir):
+    """A pod (handler grit, host network) whose container runs tests/gpu/app.py on every
+    NVIDIA device of this node, the host's /usr, /opt and /etc bound read-only."""
+    os.makedirs(log_dir, exist_ok=True)
+    cfg = cri.sandbox_config(name, log_dir)
+    pod = cri.run_pod(cfg, "grit")
+    cri.pods.append(pod)
+    mounts = [("/usr", "/usr", True), ("/opt", "/opt", True), ("/etc", "/etc", True),
+              (APP_DIR, "/app", True), (cri.logs, "/logs", False)]
+    devices = [p for p in sorted(glob.glob("/dev/nvidia*")) if not os.path.isdir(p)]
+    envs = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp",
+            "LD_LIBRARY_PATH": os.environ.get("LD_LIBRARY_PATH", ""),
+            "APP_MIB": str(MIB), "APP_TICK": "0.05"}
+    cid = cri.create_container(pod, cfg, "trainer", image, ["python3", "/app/app.py", "/logs/g.log"],
+                               "trainer.log", envs=envs, mounts=mounts, devices=devices)
+    return pod, cid
+
+
+def wait_step(path, n, timeout=300):
+    end = time.time() + timeout
+    while time.time() < end:
+        s = read_steps(path)
+        if s and max(s) >= n:
+            return max(s)
+        time.sleep(0.2)
+    raise AssertionError("%s did not reach step %d" % (path, n))
+
+
+def test_torch_job_checkpointed_through_cri_restores_bit_identical(gcri, workdir):
+    cri = gcri
+    log = os.path.join(cri.logs, "g.log")
+    pod1, c1 = gpu_container(cri, "src", cri.ref, os.path.join(workdir, "pod1"))
+    cri.start(c1)
+    wait_step(log, 10)
+    archive = os.path.join(workdir, "ckpt.tar")
+    t = time.monotonic()
+    cri.checkpoint(c1, archive, timeout=600)
+    ckpt_s = time.monotonic() - t
+    names = [n for n, _ in commands(cri.record, c1)]
+    assert "checkpoint" in names and "resume" in names, names
+    at = max(read_steps(log))
+    # the source is stopped (migration: the pod moves); its log kept aside, a fresh one for
+    # the restored process (it appends: O_APPEND)
+    cri.remove_pod(pod1)
+    cri.pods.remove(pod1)
+    os.rename(log, log + ".source")
+    open(log, "w").close()
+    pod2, c2 = gpu_container(cri, "dst", archive, os.path.join(workdir, "pod2"))
+    t = time.monotonic()
+    cri.start(c2)
+    restore_s = time.monotonic() - t
+    last = wait_step(log, at + 20)
+    got = read_steps(log)
+    first = min(got)
+    assert 10 <= first <= at + 1, (first, at)
+    ref = reference(log, last)
+    differ = [s for s in got if got[s][0] != ref[s][0]]
+    src = read_steps(log + ".source")
+    differ += [s for s in src if src[s][0] != ref[s][0]]
+    print("CRI checkpoint %.2fs, restore (StartContainer) %.2fs; source steps 1..%d, restored "
+          "steps %d..%d; steps compared: %d; differing: %d"
+          % (ckpt_s, restore_s, max(src), first, last, len(got) + len(src), len(differ)))
+    assert differ == []
+    kinds = [n for n, _ in commands(cri.record, c2)]
+    assert "restore" in kinds and "create" not in kinds, kinds
