@@ -512,3 +512,32 @@ def test_configured_criu_is_first_on_the_runtimes_path(tmp_path):
 def test_same_image(a, b, same):
     from runc_grit.checkpoint import compat
     assert compat.same_image(a, b) is same and compat.same_image(b, a) is same
+
+
+def test_large_images_are_hashed_in_parallel_chunks(tmp_path, monkeypatch):
+    """A file larger than the chunk size is listed as the sha256 of each chunk (all chunks of
+    all files hashed in parallel); a byte changed anywhere in it is still caught."""
+    import hashlib
+    from runc_grit.checkpoint import integrity
+    d = make_images(str(tmp_path / "ck" / "x"), with_manifest=False)
+    data = os.urandom(3 << 20) + b"tail"
+    with open(os.path.join(d, "pages-2.img"), "wb") as f:
+        f.write(data)
+    monkeypatch.setattr(manifest, "CHUNK", 1 << 20)
+    items = {i["name"]: i for i in manifest.list_images(d, digest=True)}
+    big = items["pages-2.img"]
+    assert "sha256" not in big and big["sha256_chunks"]["size"] == 1 << 20
+    assert big["sha256_chunks"]["digests"] == [
+        hashlib.sha256(data[i:i + (1 << 20)]).hexdigest() for i in range(0, len(data), 1 << 20)]
+    assert items["pages-1.img"]["sha256"] == hashlib.sha256(b"p" * 4096).hexdigest()
+    assert integrity.digests({os.path.join(d, "pages-2.img"): None})[
+        os.path.join(d, "pages-2.img")] == hashlib.sha256(data).hexdigest()
+    m = manifest.build("c1", {}, "/b", {"name": "runc", "version": "1.1"}, {"version": "4.1"},
+                       list(items.values()), {})
+    manifest.validate(m, "test")
+    manifest.check_files(d, m, digest=True)
+    with open(os.path.join(d, "pages-2.img"), "r+b") as f:
+        f.seek((2 << 20) + 5)
+        f.write(b"X")
+    with pytest.raises(GritError, match="pages-2.img does not match its sha256"):
+        manifest.check_files(d, m, digest=True)

@@ -187,18 +187,31 @@ def run(gib, v):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def plan(sizes):
+    """(GiB, variant) runs: every size with every variant, or BENCH_PLAN's list of
+    SIZE:MODE:CRIU:WHERE (CRIU: a name in BENCH_CRIUS)."""
+    if not os.environ.get("BENCH_PLAN"):
+        return [(gib, v) for gib in sizes for v in variants()]
+    crius = dict(kv.split("=", 1) for kv in os.environ.get("BENCH_CRIUS", "").split() if "=" in kv)
+    out = []
+    for item in os.environ["BENCH_PLAN"].split():
+        gib, mode, criu, where = item.split(":")
+        out.append((int(gib), {"mode": mode, "criu": criu, "criu_path": crius.get(criu, "criu"),
+                               "where": where, "sync": os.environ.get("BENCH_SYNC") == "1"}))
+    return out
+
+
 def main():
     out = sys.argv[1]
     sizes = [int(x) for x in sys.argv[2:]] or [1, 4, 16]
     rows = []
-    for gib in sizes:
-        for v in variants():
-            try:
-                r = run(gib, v)
-            except Exception as e:  # noqa: BLE001 - a failed variant is a row too
-                r = {"error": str(e)[-300:]}
-            print(json.dumps({"gib": gib, "variant": v, "result": r}), flush=True)
-            rows.append((gib, v, r))
+    for gib, v in plan(sizes):
+        try:
+            r = run(gib, v)
+        except Exception as e:  # noqa: BLE001 - a failed variant is a row too
+            r = {"error": str(e)[-300:]}
+        print(json.dumps({"gib": gib, "variant": v, "result": r}), flush=True)
+        rows.append((gib, v, r))
     lines = ["| VRAM | path | CRIU | images | checkpoint | restore | downtime | image | GB/s (image / downtime) | detail |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for gib, v, r in rows:

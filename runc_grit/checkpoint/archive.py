@@ -118,7 +118,7 @@ def import_(archive, image_dir, conf=None):
         if conf is not None:
             from runc_grit.checkpoint import integrity
             signed = integrity.check_signature(m, conf, "archive %s" % archive)
-        _manifest.check_files(tmp, m, digest=signed or all("sha256" in i for i in m["images"]))
+        _manifest.check_files(tmp, m, digest=signed or all(_manifest.has_digest(i) for i in m["images"]))
         os.rename(tmp, image_dir)
         return m
     except BaseException:

@@ -36,6 +36,49 @@ def sha256_files(paths, workers=None):
         return dict(zip(paths, pool.map(sha256_file, paths)))
 
 
+# A file larger than this is hashed as pieces of this size, all pieces of all files in
+# parallel: one 18 GB pages image would otherwise take one core ~12 s, at a checkpoint and
+# again at the restore.
+CHUNK = 64 << 20
+
+
+def _sha256_range(job, bufsize=4 << 20):
+    path, offset, length = job
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        end = offset + length
+        while offset < end:
+            b = os.pread(fd, min(bufsize, end - offset), offset)
+            if not b:
+                break
+            h.update(b)
+            offset += len(b)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def digests(files, workers=None):
+    """{path: digest} for files = {path: chunk size or None}: the sha256 of a whole file
+    (None, or a file no larger than its chunk size), else the list of the sha256 of each
+    chunk. Every chunk of every file is hashed in parallel, one thread per core."""
+    jobs, shape = [], {}
+    for path, chunk in files.items():
+        size = os.stat(path).st_size
+        if not chunk or size <= chunk:
+            shape[path] = (len(jobs), None)
+            jobs.append((path, 0, size))
+        else:
+            n = (size + chunk - 1) // chunk
+            shape[path] = (len(jobs), n)
+            jobs += [(path, i * chunk, min(chunk, size - i * chunk)) for i in range(n)]
+    workers = workers or (os.cpu_count() or 1)
+    with ThreadPoolExecutor(max(1, min(workers, len(jobs) or 1))) as pool:
+        sums = list(pool.map(_sha256_range, jobs))
+    return {p: sums[i] if n is None else sums[i:i + n] for p, (i, n) in shape.items()}
+
+
 def load_key(path):
     """The signing key's bytes. A key others can read is refused: it would sign anything."""
     try:

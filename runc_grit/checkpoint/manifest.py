@@ -9,7 +9,7 @@ import os
 import platform
 import time
 
-from runc_grit.checkpoint.integrity import sha256_files
+from runc_grit.checkpoint.integrity import CHUNK, digests
 from runc_grit.errors import GritError
 from runc_grit.fsutil import write_json_atomic
 from runc_grit.node.config import load_schema
@@ -36,9 +36,12 @@ def list_images(image_dir, digest=False):
         out.append({"name": name, "size": st.st_size})
         paths.append(p)
     if digest:
-        sums = sha256_files(paths)
+        sums = digests({p: CHUNK for p in paths})
         for item, p in zip(out, paths):
-            item["sha256"] = sums[p]
+            if isinstance(sums[p], list):  # a large file: the sha256 of each CHUNK bytes
+                item["sha256_chunks"] = {"size": CHUNK, "digests": sums[p]}
+            else:
+                item["sha256"] = sums[p]
     return out
 
 
@@ -164,9 +167,17 @@ def check_files(image_dir, m, digest=False, where=None):
             raise GritError("%s: image %s has %d bytes, the manifest says %d"
                             % (where, item["name"], st.st_size, item["size"]), kind="source")
     if digest:
-        listed = [i for i in m["images"] if "sha256" in i]
-        sums = sha256_files([os.path.join(image_dir, i["name"]) for i in listed])
+        listed = [i for i in m["images"] if has_digest(i)]
+        paths = {os.path.join(image_dir, i["name"]): (i.get("sha256_chunks") or {}).get("size")
+                 for i in listed}
+        sums = digests(paths)
         for item in listed:
-            if sums[os.path.join(image_dir, item["name"])] != item["sha256"]:
+            want = item.get("sha256") or item["sha256_chunks"]["digests"]
+            if sums[os.path.join(image_dir, item["name"])] != want:
                 raise GritError("%s: image %s does not match its sha256 in the "
                                 "manifest" % (where, item["name"]), kind="source")
+
+
+def has_digest(item):
+    """Does the manifest list this image's content (whole, or in chunks)?"""
+    return "sha256" in item or "sha256_chunks" in item

@@ -12,8 +12,8 @@ restored unverified. Config `staging` chooses the defence:
          the checkpoint root, and every file in it belong to root and are writable by no one
          else (no hard links either): only root could swap a file, and root could run CRIU.
 
-copy uses copy_file_range (in-kernel; a reflink where the filesystem has them), files in
-parallel.
+copy uses copy_file_range (in-kernel; a reflink where the filesystem has them), every
+256 MiB piece of every file in parallel.
 """
 import os
 import shutil
@@ -24,18 +24,26 @@ from concurrent.futures import ThreadPoolExecutor
 from runc_grit.errors import GritError
 
 
-def _copy(src, dst, size):
-    with open(src, "rb") as fi, open(dst, "xb") as fo:
-        os.fchmod(fo.fileno(), 0o600)
-        left = size
-        while left > 0:
-            n = os.copy_file_range(fi.fileno(), fo.fileno(), min(left, 1 << 30))
+PIECE = 256 << 20  # large files are copied in pieces of this size, in parallel
+
+
+def _copy_range(job):
+    """Copy [offset, offset+length) of src into dst (already created). A source that grew
+    after its size was taken: no more than that size is copied; one that shrank: the copy is
+    short (sparse), and the size and digest checks of the copy refuse it."""
+    src, dst, offset, length = job
+    fi = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    fo = os.open(dst, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        end = offset + length
+        while offset < end:
+            n = os.copy_file_range(fi, fo, end - offset, offset, offset)
             if n == 0:
                 break
-            left -= n
-        # a source that grew after the size check: copy no more than the manifest lists;
-        # one that shrank: the copy is short, and its size check refuses it
-    return dst
+            offset += n
+    finally:
+        os.close(fi)
+        os.close(fo)
 
 
 def stage(image_dir, names, staging_dir, where):
@@ -59,9 +67,13 @@ def stage(image_dir, names, staging_dir, where):
                                 kind="source") from None
             if not stat.S_ISREG(st.st_mode):
                 raise GritError("%s: %s is not a regular file" % (where, name), kind="source")
-            jobs.append((src, os.path.join(dest, name), st.st_size))
-        with ThreadPoolExecutor(max(1, min(8, len(jobs)))) as pool:
-            list(pool.map(lambda j: _copy(*j), jobs))
+            dst = os.path.join(dest, name)
+            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+            jobs += [(src, dst, off, min(PIECE, st.st_size - off))
+                     for off in range(0, st.st_size, PIECE)]
+        with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, len(jobs) or 1))) as pool:
+            list(pool.map(_copy_range, jobs))
     except OSError as e:
         shutil.rmtree(dest, ignore_errors=True)
         raise GritError("%s: copying %s into the staging dir: %s"

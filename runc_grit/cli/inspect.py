@@ -42,7 +42,7 @@ def inspect(image_dir, conf, runtime_name, criu_version):
     rep["node"] = m.get("node")
     rep["images"] = {"files": len(m["images"]),
                      "bytes": sum(i["size"] for i in m["images"]),
-                     "digests": all("sha256" in i for i in m["images"])}
+                     "digests": all(_manifest.has_digest(i) for i in m["images"])}
     rep["timings"] = m.get("timings")
     rep["gpu"] = m.get("gpu")
     sig = m.get("signature")
