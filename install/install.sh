@@ -87,7 +87,7 @@ on_restore_failure: fail
 signing_key: /etc/runc-grit/signing.key
 require_signature: true      # false allows unsigned restores: an explicit choice doctor warns about
 privilege_check: enforce     # the image's credentials, capabilities, seccomp, namespaces vs the spec
-staging: copy                # verify and restore a root-only copy
+staging: auto                # in place from a root-only local root; a copy from anything else
 EOF
   cp "$CONF" "$REC/config.yaml.written"
   say "wrote /etc/runc-grit/config.yaml"

@@ -261,6 +261,7 @@ def test_a_file_swapped_after_verification_is_never_restored(senv):
     shutil.copy(os.path.join(evil, "core-1.img"), os.path.join(img, "evil"))
     open(armed, "w").close()
     e.grit.env["IMG"] = img
+    os.chmod(img, 0o777)  # a volume others can write: staging (auto) copies it first
     p, out2, b = _restore(e, "dst", img, src)
     assert p.returncode == 0, e.grit.log_error(b)
     assert os.path.exists(swapped), "the swap did not run"
@@ -317,7 +318,7 @@ def test_installed_configuration_is_secure_by_default(tmp_path):
     int(text, 16)
     conf = config.load(os.path.join(root, "etc/runc-grit/config.yaml"))
     assert conf.require_signature is True and conf.signing_key == "/etc/runc-grit/signing.key"
-    assert conf.privilege_check == "enforce" and conf.staging == "copy"
+    assert conf.privilege_check == "enforce" and conf.staging == "auto"
     install()
     assert open(key).read().strip() == text  # kept
     shared = tmp_path / "shared.key"

@@ -352,6 +352,29 @@ def test_source_staging_fails_cleanly(tmp_path):
     assert os.listdir(conf.staging_dir) == []  # nothing half-copied left
 
 
+def test_source_auto_staging_copies_only_what_others_could_change(tmp_path):
+    root = tmp_path / "ck"
+    d = make_images(str(root / "x"))
+    os.chmod(root, 0o755)
+    conf = Conf([str(root)], staging="auto")
+    here, _, _ = source.validate(d, conf)
+    assert here == os.path.realpath(d)          # root-only and local: read in place
+    source.release(here, conf)
+    assert os.path.exists(d)                    # (a source is never removed)
+    os.chmod(d, 0o775)
+    here, _, _ = source.validate(d, conf)
+    assert os.path.dirname(here) == conf.staging_dir  # group-writable: a copy
+    source.release(here, conf)
+
+
+def test_shared_filesystems_are_never_trusted_in_place(monkeypatch, tmp_path):
+    from runc_grit.checkpoint import staging
+    monkeypatch.setattr(staging, "fs_type", lambda p: "nfs4")
+    assert "nfs4 filesystem" in staging.in_place_problem(str(tmp_path), str(tmp_path))
+    monkeypatch.setattr(staging, "fs_type", lambda p: "fuse.sshfs")
+    assert staging.in_place_problem(str(tmp_path), str(tmp_path))
+
+
 @pytest.mark.parametrize("where", ["dir", "parent", "file"])
 def test_source_in_place_needs_a_root_only_chain(tmp_path, where):
     """staging: none restores in place, only where no one but root could swap a file."""

@@ -150,9 +150,10 @@ def grit(size_gib, work, criu=None, sync=False):
     assert p.returncode == 0, e.grit.log_error(b2)
     e.grit.run(b2, "start", "dst")
     st_dir = os.path.join(e.state_dir, "dst")
+    state = json.load(open(os.path.join(st_dir, "state.json")))
     r["restore_timings"] = dict(json.load(open(os.path.join(st_dir, "cuda-restore.json")))["timings"],
-                                runtime_restore_s=json.load(open(os.path.join(st_dir, "state.json")))
-                                .get("restore_seconds"))
+                                runtime_restore_s=state.get("restore_seconds"),
+                                staged=state.get("staged"), **state.get("timings", {}))
     after = wait_steps(log, s + 2)
     r["resumed_at"] = [s, after]
     e.grit.run(b2, "delete", "--force", "dst")
@@ -222,10 +223,13 @@ def main():
         down = r["checkpoint"] + r["restore"]
         if v["mode"] == "grit":
             t = r["timings"]
-            detail = "CUDA ckpt %.2f s (in pre-dump), manifest %.2f s; restore: runc %.2f s, CUDA %.2f s" % (
-                t.get("cuda_checkpoint_s", 0), t.get("manifest_s", 0),
-                r["restore_timings"].get("runtime_restore_s") or 0,
-                r["restore_timings"].get("cuda_restore_s", 0))
+            rt = r["restore_timings"]
+            detail = ("CUDA ckpt %.2f s (in pre-dump), manifest %.2f s; restore: %s + verify "
+                      "%.2f s, checks %.2f s, runc %.2f s (CUDA %.2f s of it)" % (
+                          t.get("cuda_checkpoint_s", 0), t.get("manifest_s", 0),
+                          "copy" if rt.get("staged") else "in place", rt.get("verify_s", 0),
+                          rt.get("checks_s", 0), rt.get("runtime_restore_s") or 0,
+                          rt.get("cuda_restore_s", 0)))
         else:
             detail = "CUDA ckpt %.2f s, criu dump %.2f s; criu restore %.2f s, CUDA restore %.2f s" % (
                 r["cuda_ckpt"], r["criu_dump"], r["criu_restore"], r["cuda_restore"])

@@ -102,7 +102,11 @@ def validate(path, conf, image_format="CRIU"):
         raise GritError("restore source %s: no %s, so not a complete runc-grit checkpoint "
                         "(set accept_raw_criu to allow raw CRIU dirs)" % (path, _manifest.NAME),
                         kind="source")
-    if staging_mode(conf) == "copy":
+    mode = staging_mode(conf)
+    if mode == "auto":
+        mode = "none" if staging.in_place_problem(real, _root_of(real, conf.checkpoint_roots)) \
+            is None else "copy"
+    if mode == "copy":
         if m is not None:
             names = [i["name"] for i in m["images"]] + [_manifest.NAME]
         else:
@@ -158,13 +162,12 @@ def verify_given(image_dir, conf, kubernetes=False):
 
 
 def staging_mode(conf):
-    return getattr(conf, "staging", "copy")
+    return getattr(conf, "staging", "auto")
 
 
 def release(image_dir, conf):
-    """After a restore: the staged copy goes (a source used in place stays)."""
-    if staging_mode(conf) == "copy":
-        staging.discard(image_dir, conf.staging_dir)
+    """After a restore: a staged copy goes (a source used in place stays)."""
+    staging.discard(image_dir, conf.staging_dir)
 
 
 def _root_of(real, roots):

@@ -4,13 +4,17 @@ A checkpoint root is typically a volume that pods and other nodes write to. A fi
 or rewritten after runc-grit verified it, and before CRIU (as root) reads it, would be
 restored unverified. Config `staging` chooses the defence:
 
-  copy   (default) the manifest's files are copied into a fresh root-only dir on this node
+  copy   the manifest's files are copied into a fresh root-only dir on this node
          (`staging_dir`), and the signature, the digests, the image checks and the privilege
          check all read that copy; CRIU restores from it; it is removed afterwards. A file
          changed in the source after the copy is never read again.
   none   the image dir is used in place, and refused unless it, each of its parents up to
          the checkpoint root, and every file in it belong to root and are writable by no one
-         else (no hard links either): only root could swap a file, and root could run CRIU.
+         else (no hard links either), on a local filesystem: only root could swap a file,
+         and root could run CRIU.
+  auto   (default) in place where `none` would accept the dir, else a copy: a node-local,
+         root-only checkpoint root is read where it is (no 18 GB copy on a GPU restore); a
+         shared volume (network filesystem) or a dir a pod's user could write is copied.
 
 copy uses copy_file_range (in-kernel; a reflink where the filesystem has them), every
 256 MiB piece of every file in parallel.
@@ -89,17 +93,37 @@ def _root_only(path, st):
     return st.st_uid == 0 and not st.st_mode & 0o022
 
 
-def check_in_place(image_dir, root, where):
-    """staging: none. Refuse an image dir that anyone but root could change: the dir and its
-    parents up to the checkpoint root (inclusive), and every file (no hard links)."""
+# filesystems other machines (or pods elsewhere) can write to: never trusted in place
+SHARED_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "9p", "glusterfs", "lustre", "gpfs",
+             "afs", "virtiofs", "fuse")
+
+
+def fs_type(path):
+    """The filesystem type of the mount holding path (/proc/self/mountinfo)."""
+    best, kind = "", None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for ln in f:
+                left, _, right = ln.partition(" - ")
+                point = left.split()[4].replace("\\040", " ")
+                if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+                    best, kind = point, right.split()[0]
+    except OSError:
+        pass
+    return kind
+
+
+def in_place_problem(image_dir, root):
+    """Why image_dir may not be used in place (a sentence), or None: someone other than root
+    could change it, or it is on a shared filesystem."""
+    kind = fs_type(image_dir) or ""
+    if kind.split(".")[0] in SHARED_FS:
+        return "%s is on a %s filesystem, which other machines can write" % (image_dir, kind)
     d = image_dir
     while True:
         st = os.lstat(d)
         if not _root_only(d, st):
-            raise GritError("%s: %s is owned by uid %d with mode %o: someone other than root "
-                            "could swap the images after they are verified (staging: none "
-                            "needs a root-only checkpoint root)"
-                            % (where, d, st.st_uid, st.st_mode & 0o7777), kind="source")
+            return "%s is owned by uid %d with mode %o" % (d, st.st_uid, st.st_mode & 0o7777)
         if d == root or os.path.dirname(d) == d:
             break
         d = os.path.dirname(d)
@@ -107,10 +131,19 @@ def check_in_place(image_dir, root, where):
         p = os.path.join(image_dir, name)
         st = os.lstat(p)
         if stat.S_ISREG(st.st_mode) and (not _root_only(p, st) or st.st_nlink > 1):
-            raise GritError("%s: %s is owned by uid %d with mode %o and %d links: it could be "
-                            "changed after it is verified" % (where, p, st.st_uid,
-                                                             st.st_mode & 0o7777, st.st_nlink),
-                            kind="source")
+            return "%s is owned by uid %d with mode %o and %d links" % (
+                p, st.st_uid, st.st_mode & 0o7777, st.st_nlink)
+    return None
+
+
+def check_in_place(image_dir, root, where):
+    """staging: none. Refuse an image dir that anyone but root could change (the dir and its
+    parents up to the checkpoint root, every file, no hard links) or on a shared filesystem."""
+    why = in_place_problem(image_dir, root)
+    if why:
+        raise GritError("%s: %s: someone other than root could swap the images after they are "
+                        "verified (staging: none needs a root-only, local checkpoint root)"
+                        % (where, why), kind="source")
 
 
 def discard(path, staging_dir):

@@ -23,7 +23,7 @@ DEFAULTS = {
     "restore_cgroups": "ignore",
     "signing_key": None,
     "require_signature": True,
-    "staging": "copy",
+    "staging": "auto",
     "staging_dir": "/var/lib/runc-grit/staging",
     "privilege_check": "enforce",
     "cuda": {

@@ -117,9 +117,11 @@ def _trust_checks(conf):
     out.append(Check("privilege check", mode == "enforce" and where is not None,
                      "%s; pycriu %s" % (mode, where or "not found (install/deps.sh)"),
                      blocker=mode == "enforce"))
-    out.append(Check("staging", True, "copy into %s" % conf.staging_dir
-                     if conf.staging == "copy" else "none: in place, root-only dirs only",
-                     blocker=False))
+    out.append(Check("staging", True, {
+        "copy": "copy into %s" % conf.staging_dir,
+        "none": "none: in place, root-only local dirs only",
+        "auto": "auto: in place from root-only local dirs, else a copy into %s" % conf.staging_dir,
+    }[conf.staging], blocker=False))
     return out
 
 

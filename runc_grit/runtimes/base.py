@@ -34,6 +34,7 @@ class Request:
         self.spec = None
         self.restore = None   # checkpoint.source.RestoreRequest
         self.info = None      # the runtime's `state` of the container (checkpoint)
+        self.timings = {}     # seconds per step, recorded in the container's state
 
     @property
     def cid(self):

@@ -41,18 +41,22 @@ class Runc(Runtime):
     def restore_on_create(self, req):
         prepare_spec(req)
         conf, where = req.conf, "restore source %s" % req.restore.path
+        t0 = time.monotonic()
         try:
             self.require_checkpoint("restore of %s" % req.cid)
             image_dir, m, real = source.validate(req.restore.path, conf)
         except GritError as e:
             return req.give_up(e, "restore from %s refused: %s" % (req.restore.path, e.message))
+        req.timings = {"verify_s": time.monotonic() - t0}
         try:  # image_dir: a verified copy (staging: copy), released whatever happens
             try:
+                t1 = time.monotonic()
                 privileges.check(image_dir, req.spec, conf, req.log, where)
                 compat.check(m, where, os.path.basename(self.rt.path), criu_version(conf),
                              _spec.annotations(req.spec))
                 pairs = destination.check_destination(m, conf, req.bundle)
                 _apply_rootfs_diff(image_dir, req)
+                req.timings["checks_s"] = time.monotonic() - t1
             except GritError as e:
                 return req.give_up(e, "restore from %s refused: %s"
                                    % (req.restore.path, e.message))
@@ -95,7 +99,9 @@ class Runc(Runtime):
             if why:  # the tasks run, but their CUDA state is still checkpointed: not a restore
                 ok, reason = False, "CUDA state not resumed: %s" % why
         if ok:
-            st.update(phase="restored", restore_seconds=elapsed)
+            st.update(phase="restored", restore_seconds=elapsed,
+                      timings={k: round(v, 3) for k, v in req.timings.items()},
+                      staged=image_dir != real)
             if inv.command == "create":
                 st.mark_restored()
             req.log.debug("restored %s in %.3fs" % (cid, elapsed))
