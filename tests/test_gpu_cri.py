@@ -17,7 +17,9 @@ from gpu.gpuctr import APP_DIR, read_steps
 from test_cri_checkpoint import commands
 from test_gpu_device import _gpu_missing, reference
 
-from conftest import Env
+from conftest import GRIT, Env
+
+GRIT_STATE = GRIT + ["--root", "/run/containerd/runc/k8s.io", "state"]
 
 
 def _missing():
@@ -86,16 +88,18 @@ def gcri(workdir):
         reg.stop()
 
 
-def gpu_container(cri, name, image, log_dir):
-    """A pod (handler grit, host network) whose container runs tests/gpu/app.py on every
-    NVIDIA device of this node, the host's /usr, /opt and /etc bound read-only."""
+def gpu_container(cri, name, image, log_dir, gpus=None):
+    """A pod (handler grit, host network) whose container runs tests/gpu/app.py on the
+    node's GPUs (gpus: their indices; None: all) and its NVIDIA control devices, the host's
+    /usr, /opt and /etc bound read-only."""
     os.makedirs(log_dir, exist_ok=True)
     cfg = cri.sandbox_config(name, log_dir)
     pod = cri.run_pod(cfg, "grit")
     cri.pods.append(pod)
     mounts = [("/usr", "/usr", True), ("/opt", "/opt", True), ("/etc", "/etc", True),
               (APP_DIR, "/app", True), (cri.logs, "/logs", False)]
-    devices = [p for p in sorted(glob.glob("/dev/nvidia*")) if not os.path.isdir(p)]
+    devices = [p for p in sorted(glob.glob("/dev/nvidia*")) if not os.path.isdir(p)
+               and (gpus is None or not p[11:].isdigit() or int(p[11:]) in gpus)]
     envs = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp",
             "LD_LIBRARY_PATH": os.environ.get("LD_LIBRARY_PATH", ""),
             "APP_MIB": str(MIB), "APP_TICK": "0.05"}
@@ -151,3 +155,41 @@ def test_torch_job_checkpointed_through_cri_restores_bit_identical(gcri, workdir
     assert differ == []
     kinds = [n for n, _ in commands(cri.record, c2)]
     assert "restore" in kinds and "create" not in kinds, kinds
+
+
+@pytest.mark.skipif(len(glob.glob("/dev/nvidia[0-9]*")) < 2, reason="needs two GPUs")
+def test_cri_restore_onto_the_gpu_the_new_pod_was_given(gcri, workdir):
+    """KEP-6274's mapping: the old-to-new GPU map comes from the destination's actual
+    allocation. The source pod has GPU 0; the new pod, restored from the CRI checkpoint
+    archive, is given only GPU 1 (its spec's devices): runc-grit maps the checkpoint's GPU
+    (by UUID, from its manifest) onto it, the job runs on GPU 1 (NVML) and its steps stay
+    bit-identical."""
+    import subprocess
+    from runc_grit.gpu import discovery
+    cri = gcri
+    log = os.path.join(cri.logs, "g.log")
+    pod1, c1 = gpu_container(cri, "src", cri.ref, os.path.join(workdir, "pod1"), gpus=[0])
+    cri.start(c1)
+    wait_step(log, 10)
+    archive = os.path.join(workdir, "ckpt.tar")
+    cri.checkpoint(c1, archive, timeout=600)
+    at = max(read_steps(log))
+    cri.remove_pod(pod1)
+    cri.pods.remove(pod1)
+    os.rename(log, log + ".source")
+    open(log, "w").close()
+    pod2, c2 = gpu_container(cri, "dst", archive, os.path.join(workdir, "pod2"), gpus=[1])
+    cri.start(c2)
+    last = wait_step(log, at + 15)
+    p = subprocess.run(GRIT_STATE + [c2], capture_output=True, env=cri.grit.env, timeout=60)
+    import json
+    pid = json.loads(p.stdout)["pid"]
+    inv = discovery.inventory()
+    gpu1 = [d["uuid"] for d in inv["devices"] if d["index"] == 1]
+    assert [u for u, _ in inv["apps"][pid]] == gpu1, inv["apps"]
+    got = read_steps(log)
+    ref = reference(log, last)
+    differ = [s for s in got if got[s][0] != ref[s][0]]
+    print("remapped CRI restore onto GPU 1 (%s): steps %d..%d, differing: %d"
+          % (gpu1[0], min(got), last, len(differ)))
+    assert differ == []

@@ -62,8 +62,8 @@ for MODE in "${@:-tests}"; do
       done ;;
     cri)
       echo "== CRI (containerd 2.1.9, runc 1.3.6, CRIU 4.2.1): real GPU, then the CPU and fake-GPU tests"
-      PATH=$(stack_path current) python3 -m pytest -v -s -p no:cacheprovider tests/test_gpu_cri.py \
-        tests/test_cri_checkpoint.py 2>&1 | tee "$OUT/gpu-cri-tests.log" ;;
+      PATH=$(stack_path current) python3 -m pytest -v -s -p no:cacheprovider \
+        ${CRI_TESTS:-tests/test_gpu_cri.py tests/test_cri_checkpoint.py} 2>&1 | tee "$OUT/gpu-cri-tests.log" ;;
     bench)
       BENCH_CRIUS=${BENCH_CRIUS:-"4.2=$CURRENT/criu${NEXT:+ 4.3=$NEXT/criu}"} \
         PATH=$(stack_path current) python3 bench/gpu/bench_gpu.py "$OUT/gpu-bench.md" \
