@@ -141,9 +141,9 @@ def test_torch_job_checkpointed_through_cri_restores_bit_identical(gcri, workdir
     t = time.monotonic()
     cri.start(c2)
     restore_s = time.monotonic() - t
-    last = wait_step(log, at + 20)
+    wait_step(log, at + 20)
     got = read_steps(log)
-    first = min(got)
+    last, first = max(got), min(got)
     assert 10 <= first <= at + 1, (first, at)
     ref = reference(log, last)
     differ = [s for s in got if got[s][0] != ref[s][0]]
@@ -188,6 +188,7 @@ def test_cri_restore_onto_the_gpu_the_new_pod_was_given(gcri, workdir):
     gpu1 = [d["uuid"] for d in inv["devices"] if d["index"] == 1]
     assert [u for u, _ in inv["apps"][pid]] == gpu1, inv["apps"]
     got = read_steps(log)
+    last = max(got)
     ref = reference(log, last)
     differ = [s for s in got if got[s][0] != ref[s][0]]
     print("remapped CRI restore onto GPU 1 (%s): steps %d..%d, differing: %d"
