@@ -47,8 +47,8 @@ TESTS=(
 want=" $* "
 CELLDIR=$OUT/matrix-cells      # one row per cell, kept between runs
 mkdir -p "$CELLDIR"
-for line in $CELLS; do
-  IFS='|' read -r name settings expect <<<"$line"
+while IFS='|' read -r name settings expect; do
+  [ -n "$name" ] || continue
   [ "$want" = "  " ] || [ "${want/ $name /}" != "$want" ] || continue
   log=$LOGS/$name.log
   echo "== $name: $settings" | tee "$log"
@@ -63,7 +63,7 @@ for line in $CELLS; do
   failed=$(grep -E "^(tests/[^ ]+) (FAILED|ERROR)" "$log" | awk '{print $1}' | sed 's/.*:://' | tr '\n' ' ')
   echo "| $name | $expect | $summary | ${dt}s | ${failed:-} | $(date -u +%Y-%m-%d) |" > "$CELLDIR/$name.md"
   echo "   $summary (${dt}s)"
-done
+done <<<"$CELLS"
 
 {
   echo "# Version matrix ($(uname -r), cgroup $(stat -fc %T /sys/fs/cgroup) at /sys/fs/cgroup)"
@@ -74,9 +74,8 @@ done
   echo
   echo "| cell | runs | result | time | failed | run on |"
   echo "|---|---|---|---|---|---|"
-  for line in $CELLS; do
-    name=${line%%|*}
-    [ -e "$CELLDIR/$name.md" ] && cat "$CELLDIR/$name.md"
-  done
+  while IFS='|' read -r name _; do
+    [ -n "$name" ] && [ -e "$CELLDIR/$name.md" ] && cat "$CELLDIR/$name.md"
+  done <<<"$CELLS"
 } > "$OUT/matrix.md"
 cat "$OUT/matrix.md"

@@ -383,3 +383,49 @@ def test_cri_checkpoint_of_a_gpu_container_thaws_it_for_cuda(cri21, workdir):
         assert [c["action"] for c in after if c["pid"] == pid] == ["restore", "unlock"]
         assert fake_state(pid) == "running"
     assert not any(c["frozen"] or c["TracerPid"] != "0" for c in after), after
+
+
+@pytest.mark.parametrize("cri21", [FAKE_GPU], indirect=True, ids=["fake GPU"])
+def test_cri_checkpoint_past_its_deadline_leaves_the_source_running_unlocked(cri21, workdir):
+    """KEP-6274: the GPU phases end within the CRI deadline or are rolled back. The CUDA
+    checkpoint is made slower than the call's deadline: at the deadline the shim kills
+    runc-grit, and containerd's own resume dies with the same deadline. runc-grit's guard
+    (a process of its own) thaws the container and restores and unlocks its CUDA state: the
+    source keeps running, unlocked, and no archive is written."""
+    import grpc
+    from test_gpu_hooks_fake import fake_state
+    cri = cri21
+    fake_dir = os.path.join(workdir, "fake_cuda_dir")
+    ref, _ = pull_base(cri)
+    log1 = os.path.join(workdir, "pod1", "counter.log")
+    os.makedirs(os.path.dirname(log1))
+    cfg = cri.sandbox_config("src", os.path.dirname(log1))
+    pod = cri.run_pod(cfg, "grit")
+    cri.pods.append(pod)
+    c1 = cri.create_container(pod, cfg, "counter", ref, ["sh", "-c", FAKE_GPU_WORKLOAD],
+                              "counter.log")
+    cri.start(c1)
+    assert wait(lambda: len(values(log1)) >= 5)
+    with open(os.path.join(fake_dir, "slow-checkpoint"), "w") as f:
+        f.write("30")
+    archive = os.path.join(workdir, "ckpt.tar")
+    t0 = time.time()
+    with pytest.raises(grpc.RpcError) as err:
+        cri.checkpoint(c1, archive, timeout=6)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.value
+    assert time.time() - t0 < 20
+    os.unlink(os.path.join(fake_dir, "slow-checkpoint"))
+    calls = [json.loads(ln) for ln in open(os.path.join(fake_dir, "calls.jsonl"))]
+    pids = sorted({c["pid"] for c in calls})
+    assert len(pids) == 2 and "checkpoint" in [c["action"] for c in calls]
+
+    def rolled_back():
+        st = grit_state(cri.grit.env, c1)
+        return (st["status"] == "running" and freezer_state(st["pid"]) in ("THAWED", "0")
+                and all(fake_state(p) == "running" for p in pids))
+    assert wait(rolled_back, timeout=60), (grit_state(cri.grit.env, c1),
+                                           [fake_state(p) for p in pids])
+    n = len(values(log1))
+    assert wait(lambda: len(values(log1)) >= n + 3), "the source stopped counting"
+    assert cri.state_name(c1) == "CONTAINER_RUNNING"
+    assert not os.path.exists(archive) or os.path.getsize(archive) == 0

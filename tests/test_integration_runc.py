@@ -332,3 +332,31 @@ def test_fresh_policy_after_criu_failure(genv, real_image):
     b2, out2 = start_counter(genv, "fresh2", "fresh2", annotations={"grit.dev/restore-from": corrupt})
     assert out2.wait_for(lambda r: len(r.ints()) >= 2)
     assert out2.ints()[0] == 1
+
+
+def test_claim_specific_environment_that_differs_is_refused(genv):
+    """The restored process keeps the checkpoint's environment: a variable naming a device
+    claim (DRA) that differs in the new container's spec is refused, with both values
+    (config device_env: warn restores it, with a warning)."""
+    b, out = start_counter(genv, "src", "src", env=["GPU_DEVICE_0_RESOURCE_CLAIM=claim-1"])
+    assert out.wait_for(lambda r: len(r.ints()) >= 3)
+    img = os.path.join(genv.ckroot, "img")
+    checkpoint(genv, b, "src", img)
+    out.closed()
+    ann = {"grit.dev/restore-from": img}
+    b2 = genv.bundle("dst", annotations=ann, rootfs_from=os.path.join(b, "rootfs"),
+                     env=["GPU_DEVICE_0_RESOURCE_CLAIM=claim-2"])
+    p, _ = genv.grit.create_with_pipes(b2, "dst")
+    assert p.returncode != 0
+    assert ("GPU_DEVICE_0_RESOURCE_CLAIM was 'claim-1', is 'claim-2' here"
+            in genv.grit.log_error(b2)), genv.grit.log_error(b2)
+    assert genv.grit.state("dst") is None
+    genv.write_config({"device_env": "warn"})
+    p, out2 = genv.grit.create_with_pipes(b2, "dst")
+    assert p.returncode == 0, genv.grit.log_error(b2)
+    assert genv.grit.run(b2, "start", "dst").returncode == 0
+    assert out2.wait_for(lambda r: len(r.ints()) >= 2)
+    assert_continues(out.ints(), out2.ints())
+    with open(os.path.join(b2, "log.json")) as f:
+        assert any("claim-specific" in json.loads(ln)["msg"] and json.loads(ln)["level"] ==
+                   "warning" for ln in f)

@@ -564,3 +564,17 @@ def test_large_images_are_hashed_in_parallel_chunks(tmp_path, monkeypatch):
         f.write(b"X")
     with pytest.raises(GritError, match="pages-2.img does not match its sha256"):
         manifest.check_files(d, m, digest=True)
+
+
+def test_device_env_changes():
+    from runc_grit.checkpoint import compat
+
+    def spec(*env):
+        return {"process": {"env": ["PATH=/bin"] + list(env)}}
+    src = spec("NVIDIA_VISIBLE_DEVICES=GPU-a", "GPU_DEVICE_0_RESOURCE_CLAIM=claim-1", "X=1")
+    dst = spec("NVIDIA_VISIBLE_DEVICES=GPU-b", "GPU_DEVICE_0_RESOURCE_CLAIM=claim-2", "X=2")
+    remapped, claims = compat.device_env_changes(src, dst)
+    assert remapped == [("NVIDIA_VISIBLE_DEVICES", "GPU-a", "GPU-b")]
+    assert claims == [("GPU_DEVICE_0_RESOURCE_CLAIM", "claim-1", "claim-2")]
+    assert compat.device_env_changes(src, src) == ([], [])
+    assert compat.device_env_changes(spec("DRA_X=1"), spec())[1] == [("DRA_X", "1", "")]

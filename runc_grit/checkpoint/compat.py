@@ -88,3 +88,60 @@ def check(m, where, runtime_name, criu_version, spec_annotations):
     found = problems(m, here(runtime_name, criu_version), spec_annotations)
     if found:
         raise GritError("%s: cannot restore here: %s" % (where, "; ".join(found)), kind="source")
+
+
+# --- environment variables that name devices or claims ---------------------------------------
+# A restored process keeps the environment it had at the checkpoint (it is memory), while the
+# new container's config.json carries the destination's. The GPU variables the runtime's
+# remap handles: the CUDA state is moved onto the destination's GPUs by UUID, whatever index
+# or UUID the process's copy of the variable still says. Claim-specific variables (DRA
+# drivers, device plugins) name something the destination does not have: refused unless
+# config device_env is "warn".
+REMAPPED_ENV = ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
+
+
+def is_claim_var(name):
+    return ("RESOURCE_CLAIM" in name or name.startswith("GPU_DEVICE_")
+            or name.startswith("DRA_") or name.startswith("NVIDIA_DRA_"))
+
+
+def _env(spec):
+    out = {}
+    for kv in ((spec or {}).get("process") or {}).get("env") or []:
+        k, _, v = str(kv).partition("=")
+        out[k] = v
+    return out
+
+
+def device_env_changes(src_spec, dst_spec):
+    """(remapped, claims): [(name, source value, this container's value)] of the variables
+    above that differ. Pure."""
+    a, b = _env(src_spec), _env(dst_spec)
+    names = sorted(n for n in set(a) | set(b) if n in REMAPPED_ENV or is_claim_var(n))
+    diff = [(n, a.get(n, ""), b.get(n, "")) for n in names if a.get(n, "") != b.get(n, "")]
+    return ([d for d in diff if d[0] in REMAPPED_ENV], [d for d in diff if d[0] not in REMAPPED_ENV])
+
+
+def check_device_env(image_dir, dst_spec, conf, log, where):
+    """Refuse (or, device_env: warn, log) a restore whose claim-specific variables differ from
+    the checkpoint's (its spec.dump); log the GPU variables the remap handles."""
+    import json
+    import os
+    try:
+        with open(os.path.join(image_dir, "spec.dump")) as f:
+            src = json.load(f)
+    except (OSError, ValueError):
+        return
+    remapped, claims = device_env_changes(src, dst_spec)
+    fmt = "; ".join
+    if remapped and log is not None:
+        log.warning("%s: %s: the restored process keeps the checkpoint's value in its "
+                    "environment; its CUDA state is remapped onto this container's GPUs by UUID"
+                    % (where, fmt("%s was %r, is %r here" % d for d in remapped)))
+    if claims:
+        msg = "%s: %s: claim-specific variables the restored process would keep" % (
+            where, fmt("%s was %r, is %r here" % d for d in claims))
+        if getattr(conf, "device_env", "refuse") != "warn":
+            raise GritError(msg + " (config device_env: warn restores anyway)", kind="source")
+        if log is not None:
+            log.warning(msg)

@@ -26,6 +26,7 @@ DEFAULTS = {
     "staging": "auto",
     "staging_dir": "/var/lib/runc-grit/staging",
     "privilege_check": "enforce",
+    "device_env": "refuse",
     "cuda": {
         "enabled": "auto",
         "helper": "builtin",

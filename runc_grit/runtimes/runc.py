@@ -54,6 +54,7 @@ class Runc(Runtime):
                 privileges.check(image_dir, req.spec, conf, req.log, where)
                 compat.check(m, where, os.path.basename(self.rt.path), criu_version(conf),
                              _spec.annotations(req.spec))
+                compat.check_device_env(image_dir, req.spec, conf, req.log, where)
                 pairs = destination.check_destination(m, conf, req.bundle)
                 _apply_rootfs_diff(image_dir, req)
                 req.timings["checks_s"] = time.monotonic() - t1
@@ -132,6 +133,7 @@ class Runc(Runtime):
                 privileges.check(image_dir, req.spec, conf, req.log, where)
                 compat.check(m, where, os.path.basename(self.rt.path), criu_version(conf),
                              _spec.annotations(req.spec))
+                compat.check_device_env(image_dir, req.spec, conf, req.log, where)
                 pairs = destination.check_destination(m, conf, req.bundle)
         except GritError:
             st.remove()
