@@ -4,6 +4,7 @@ reads, config version 2 or 3), with runc-grit registered the way a node would re
 Also builds a busybox OCI image (a layout dir and an archive) from this machine's files.
 """
 import functools
+import contextlib
 import gzip
 import hashlib
 import io
@@ -308,3 +309,22 @@ def cri_containerd(d, env, wrapper, images=((IMAGE, ("sh",)), (PAUSE, ("sleep", 
             c.stop()
             raise RuntimeError("ctr images import %s: %s" % (name, p.stderr.decode()))
     return c
+
+
+@contextlib.contextmanager
+def cri_session(c, grit_env):
+    """A CRI client of containerd c (tests/cri_client.py); at the end every pod it ran
+    (client.pods) is removed and containerd stopped."""
+    from cri_client import CRI
+    try:
+        client = CRI(c.sock)
+        client.version()
+        client.ctrd, client.grit, client.pods = c, grit_env, []
+        yield client
+        for pod in client.pods:
+            try:
+                client.remove_pod(pod)
+            except Exception:  # noqa: BLE001 - best effort, containerd stops next
+                pass
+    finally:
+        c.stop()

@@ -13,8 +13,15 @@ import time
 import pytest
 
 from conftest import REPO, Env
-from ctrd import (IMAGE, Containerd, build_image_archive, containerd_version,
-                  cri_containerd, grit_wrapper)
+from ctrd import (
+    IMAGE,
+    Containerd,
+    build_image_archive,
+    containerd_version,
+    cri_containerd,
+    cri_session,
+    grit_wrapper,
+)
 
 try:
     import tomllib
@@ -402,16 +409,8 @@ def test_ctr_refused_restore_shows_runc_grit_reason(ctrd, workdir, tmp_path):
 
 def cri_lines(path):
     """Numbers from a CRI log file ("<time> stdout F <line>")."""
-    out = []
-    try:
-        with open(path) as f:
-            for ln in f:
-                parts = ln.rstrip("\n").split(" ", 3)
-                if len(parts) == 4 and parts[3].isdigit():
-                    out.append(int(parts[3]))
-    except OSError:
-        pass
-    return out
+    from test_cri_checkpoint import values
+    return values(path)
 
 
 @pytest.fixture
@@ -420,25 +419,12 @@ def cri(workdir):
         pytest.skip("containerd not installed")
     pytest.importorskip("grpc")
     pytest.importorskip("grpc_tools")
-    from cri_client import CRI
     e = Env(workdir)
     d = os.path.join(workdir, "ctd")
     os.makedirs(d)
     c = cri_containerd(d, e.env, grit_wrapper(os.path.join(workdir, "runc-grit")))
-    try:
-        client = CRI(c.sock)
-        client.version()
-    except BaseException:
-        c.stop()
-        raise
-    client.ctrd, client.grit, client.pods = c, e, []
-    yield client
-    for pod in client.pods:
-        try:
-            client.remove_pod(pod)
-        except Exception:  # noqa: BLE001 - best effort, containerd stops next
-            pass
-    c.stop()
+    with cri_session(c, e) as client:
+        yield client
 
 
 def test_cri_pod_restores_from_grit_checkpoint_annotation(cri, workdir):

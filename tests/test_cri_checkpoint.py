@@ -22,8 +22,16 @@ import time
 import pytest
 
 from conftest import FAKES, GRIT, Env
-from ctrd import (IMAGE, PAUSE, build_image_layout, containerd_version, cri_containerd,
-                  grit_wrapper, recorded)
+from ctrd import (
+    IMAGE,
+    PAUSE,
+    build_image_layout,
+    containerd_version,
+    cri_containerd,
+    cri_session,
+    grit_wrapper,
+    recorded,
+)
 from test_containerd import COUNTER, wait
 
 pytestmark = pytest.mark.integration
@@ -106,7 +114,6 @@ def cri21(workdir, request):
                     "containerd >= 2.1 (1.6 and 1.7 answer Unimplemented; 2.0 cannot restore)" % v)
     pytest.importorskip("grpc")
     pytest.importorskip("grpc_tools")
-    from cri_client import CRI
     from registry import Registry
     param = dict(getattr(request, "param", {}))
     e = Env(workdir, param.pop("grit_config", None))  # runc-grit's config: its own key
@@ -126,22 +133,12 @@ def cri21(workdir, request):
             value = path
         env[key] = value
     reg = Registry(build_image_layout(os.path.join(workdir, "img"), IMAGE), REPO_NAME)
-    c = None
     try:
         c = cri_containerd(d, env, wrapper, images=((PAUSE, ("sleep", "2147483647")),))
-        client = CRI(c.sock)
-        client.version()
-        client.ctrd, client.grit, client.pods, client.registry = c, e, [], reg
-        client.record = record
-        yield client
-        for pod in client.pods:
-            try:
-                client.remove_pod(pod)
-            except Exception:  # noqa: BLE001 - best effort, containerd stops next
-                pass
+        with cri_session(c, e) as client:
+            client.registry, client.record = reg, record
+            yield client
     finally:
-        if c is not None:
-            c.stop()
         reg.stop()
         for m in mounts:
             subprocess.run(["umount", m], capture_output=True, timeout=30)
@@ -160,12 +157,13 @@ def pull_base(cri):
     return ref, digest[0]
 
 
-def run_counter(cri, name, image, log_dir):
+def run_counter(cri, name, image, log_dir, script=COUNTER):
+    """A pod (handler grit) with one container running `sh -c script`."""
     os.makedirs(log_dir, exist_ok=True)
     cfg = cri.sandbox_config(name, log_dir)
     pod = cri.run_pod(cfg, "grit")
     cri.pods.append(pod)
-    cid = cri.create_container(pod, cfg, "counter", image, ["sh", "-c", COUNTER], "counter.log")
+    cid = cri.create_container(pod, cfg, "counter", image, ["sh", "-c", script], "counter.log")
     return pod, cfg, cid
 
 
@@ -337,12 +335,7 @@ def test_cri_checkpoint_of_a_gpu_container_thaws_it_for_cuda(cri21, workdir):
     fake_dir = os.path.join(workdir, "fake_cuda_dir")  # containerd's env, so the shim's too
     ref, _ = pull_base(cri)
     log1, log2 = (os.path.join(workdir, p, "counter.log") for p in ("pod1", "pod2"))
-    os.makedirs(os.path.dirname(log1))
-    cfg = cri.sandbox_config("src", os.path.dirname(log1))
-    pod = cri.run_pod(cfg, "grit")
-    cri.pods.append(pod)
-    c1 = cri.create_container(pod, cfg, "counter", ref, ["sh", "-c", FAKE_GPU_WORKLOAD],
-                              "counter.log")
+    _, _, c1 = run_counter(cri, "src", ref, os.path.dirname(log1), FAKE_GPU_WORKLOAD)
     cri.start(c1)
     assert wait(lambda: len(values(log1)) >= 5)
 
@@ -393,17 +386,13 @@ def test_cri_checkpoint_past_its_deadline_leaves_the_source_running_unlocked(cri
     (a process of its own) thaws the container and restores and unlocks its CUDA state: the
     source keeps running, unlocked, and no archive is written."""
     import grpc
+
     from test_gpu_hooks_fake import fake_state
     cri = cri21
     fake_dir = os.path.join(workdir, "fake_cuda_dir")
     ref, _ = pull_base(cri)
     log1 = os.path.join(workdir, "pod1", "counter.log")
-    os.makedirs(os.path.dirname(log1))
-    cfg = cri.sandbox_config("src", os.path.dirname(log1))
-    pod = cri.run_pod(cfg, "grit")
-    cri.pods.append(pod)
-    c1 = cri.create_container(pod, cfg, "counter", ref, ["sh", "-c", FAKE_GPU_WORKLOAD],
-                              "counter.log")
+    _, _, c1 = run_counter(cri, "src", ref, os.path.dirname(log1), FAKE_GPU_WORKLOAD)
     cri.start(c1)
     assert wait(lambda: len(values(log1)) >= 5)
     with open(os.path.join(fake_dir, "slow-checkpoint"), "w") as f:

@@ -14,6 +14,18 @@ from test_integration_runc import assert_continues, checkpoint
 pytestmark = pytest.mark.integration
 
 
+def _checkpointed_counter(genv):
+    """A counter container "src", checkpointed into ck/img: (bundle, image dir, numbers seen)."""
+    b = genv.bundle("src")
+    p, out = genv.grit.create_with_pipes(b, "src")
+    assert p.returncode == 0 and genv.grit.run(b, "start", "src").returncode == 0
+    assert out.wait_for(lambda r: len(r.ints()) >= 3)
+    img = os.path.join(genv.ckroot, "img")
+    checkpoint(genv, b, "src", img)
+    out.closed()
+    return b, img, out.ints()
+
+
 def _criu_config_of(b):
     with open(os.path.join(b, "config.json")) as f:
         return json.load(f)["annotations"]["org.criu.config"]
@@ -80,14 +92,7 @@ def test_one_bundle_eight_containers_at_once_then_checkpoint_and_restore(genv):
 def test_restore_bundle_reused_for_a_second_restore(genv):
     """kubelet recreates a restored container that exited with the same annotations; a user
     reuses the bundle: each create from it restores the same checkpoint again."""
-    b = genv.bundle("src")
-    p, out = genv.grit.create_with_pipes(b, "src")
-    assert p.returncode == 0 and genv.grit.run(b, "start", "src").returncode == 0
-    assert out.wait_for(lambda r: len(r.ints()) >= 3)
-    img = os.path.join(genv.ckroot, "img")
-    checkpoint(genv, b, "src", img)
-    out.closed()
-    before = out.ints()
+    b, img, before = _checkpointed_counter(genv)
     b2 = genv.bundle("again", annotations={"grit.dev/restore-from": img},
                      rootfs_from=os.path.join(b, "rootfs"))
     for cid in ("r1", "r2"):
@@ -102,12 +107,7 @@ def test_restore_bundle_reused_for_a_second_restore(genv):
 def test_unknown_global_flag_with_restore_request(genv):
     """A flag runc-grit's tables lack, in front of a create that asks for a restore: never a
     fresh start. runc itself rejects the flag, and that error reaches --log."""
-    b = genv.bundle("src")
-    p, out = genv.grit.create_with_pipes(b, "src")
-    assert p.returncode == 0 and genv.grit.run(b, "start", "src").returncode == 0
-    assert out.wait_for(lambda r: len(r.ints()) >= 2)
-    img = os.path.join(genv.ckroot, "img")
-    checkpoint(genv, b, "src", img)
+    b, img, _ = _checkpointed_counter(genv)
     b2 = genv.bundle("dst", annotations={"grit.dev/restore-from": img},
                      rootfs_from=os.path.join(b, "rootfs"))
     p = genv.grit.run(b2, "--no-such-runc-flag", "create", "--bundle", b2, "dst")
@@ -136,12 +136,7 @@ def test_failed_create_and_foreground_run_leave_no_state(genv):
 def test_gc_keeps_restored_containers_under_their_own_root(genv):
     """gc asks the runtime under the root each container was restored with (containerd's,
     not runc's default), and removes only state the runtime no longer knows."""
-    b = genv.bundle("src")
-    p, out = genv.grit.create_with_pipes(b, "src")
-    assert p.returncode == 0 and genv.grit.run(b, "start", "src").returncode == 0
-    assert out.wait_for(lambda r: len(r.ints()) >= 2)
-    img = os.path.join(genv.ckroot, "img")
-    checkpoint(genv, b, "src", img)
+    b, img, _ = _checkpointed_counter(genv)
     b2 = genv.bundle("dst", annotations={"grit.dev/restore-from": img},
                      rootfs_from=os.path.join(b, "rootfs"))
     p, _ = genv.grit.create_with_pipes(b2, "dst")

@@ -12,12 +12,18 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ctrd import PAUSE, build_image_layout, containerd_version, cri_containerd, grit_wrapper
+from conftest import GRIT, Env
+from ctrd import (
+    PAUSE,
+    build_image_layout,
+    containerd_version,
+    cri_containerd,
+    cri_session,
+    grit_wrapper,
+)
 from gpu.gpuctr import APP_DIR, read_steps
 from test_cri_checkpoint import commands
 from test_gpu_device import _gpu_missing, reference
-
-from conftest import GRIT, Env
 
 GRIT_STATE = GRIT + ["--root", "/run/containerd/runc/k8s.io", "state"]
 
@@ -55,7 +61,6 @@ def host_bind_rootfs(d):
 
 @pytest.fixture
 def gcri(workdir):
-    from cri_client import CRI
     from registry import Registry
     e = Env(workdir, {"cuda": {"lock_timeout_ms": 20000}})
     d = os.path.join(workdir, "ctd")
@@ -66,25 +71,16 @@ def gcri(workdir):
                                 % REPO_NAME, ("python3",),
                                 rootfs=host_bind_rootfs(os.path.join(workdir, "img-rootfs")))
     reg = Registry(layout, REPO_NAME)
-    c = None
     try:
         c = cri_containerd(d, e.env, wrapper, images=((PAUSE, ("sleep", "2147483647")),))
-        client = CRI(c.sock)
-        client.version()
-        client.ctrd, client.grit, client.pods, client.record = c, e, [], record
-        client.logs = os.path.join(workdir, "logs")
-        os.makedirs(client.logs)
-        client.ref = reg.ref("test")
-        client.pull(client.ref)
-        yield client
-        for pod in client.pods:
-            try:
-                client.remove_pod(pod)
-            except Exception:  # noqa: BLE001 - best effort, containerd stops next
-                pass
+        with cri_session(c, e) as client:
+            client.record = record
+            client.logs = os.path.join(workdir, "logs")
+            os.makedirs(client.logs)
+            client.ref = reg.ref("test")
+            client.pull(client.ref)
+            yield client
     finally:
-        if c is not None:
-            c.stop()
         reg.stop()
 
 
@@ -165,6 +161,7 @@ def test_cri_restore_onto_the_gpu_the_new_pod_was_given(gcri, workdir):
     (by UUID, from its manifest) onto it, the job runs on GPU 1 (NVML) and its steps stay
     bit-identical."""
     import subprocess
+
     from runc_grit.gpu import discovery
     cri = gcri
     log = os.path.join(cri.logs, "g.log")

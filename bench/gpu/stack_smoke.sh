@@ -104,42 +104,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [metrics]
   address = ""
 EOF
-  # a one-layer OCI image archive of the busybox rootfs (as tests/ctrd.py builds one; written
-  # out here so that this script does not depend on the package's layout)
-  python3 - "$B/rootfs" "$W/image.tar" <<'EOF' || bad "image archive"
-import gzip, hashlib, io, json, os, sys, tarfile
-rootfs, out = sys.argv[1:3]
-blobs = {}
-def blob(data, media_type):
-    d = hashlib.sha256(data).hexdigest(); blobs[d] = data
-    return {"mediaType": media_type, "digest": "sha256:" + d, "size": len(data)}
-raw = io.BytesIO()
-with tarfile.open(fileobj=raw, mode="w") as t:
-    for d, dirs, files in os.walk(rootfs):
-        dirs.sort()
-        for n in sorted(dirs) + sorted(files):
-            full = os.path.join(d, n)
-            t.add(full, arcname=os.path.relpath(full, rootfs), recursive=False)
-layer_tar = raw.getvalue()
-layer = blob(gzip.compress(layer_tar, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip")
-config = blob(json.dumps({"architecture": "amd64", "os": "linux",
-                          "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"], "WorkingDir": "/"},
-                          "rootfs": {"type": "layers",
-                                     "diff_ids": ["sha256:" + hashlib.sha256(layer_tar).hexdigest()]}}).encode(),
-              "application/vnd.oci.image.config.v1+json")
-manifest = blob(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                            "config": config, "layers": [layer]}).encode(),
-                "application/vnd.oci.image.manifest.v1+json")
-name = "docker.io/library/smoke-busybox:1"
-manifest["annotations"] = {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "1"}
-manifest["platform"] = {"architecture": "amd64", "os": "linux"}
-files = {"oci-layout": json.dumps({"imageLayoutVersion": "1.0.0"}).encode(),
-         "index.json": json.dumps({"schemaVersion": 2, "manifests": [manifest]}).encode()}
-files.update(("blobs/sha256/" + d, data) for d, data in blobs.items())
-with tarfile.open(out, "w") as t:
-    for n, data in sorted(files.items()):
-        ti = tarfile.TarInfo(n); ti.size = len(data); t.addfile(ti, io.BytesIO(data))
-EOF
+  # a one-layer OCI image archive of a busybox rootfs, as the tests build one
+  PYTHONPATH="$(cd "$(dirname "$0")/../.." && pwd)/tests:$(cd "$(dirname "$0")/../.." && pwd)" python3 -c \
+    "import sys; from ctrd import build_image_archive; build_image_archive(sys.argv[1], 'docker.io/library/smoke-busybox:1')" \
+    "$W/image.tar" || bad "image archive"
   t=$(date +%s.%N)
   containerd --config "$D/config.toml" > "$D/containerd.log" 2>&1 &
   CPID=$!

@@ -53,6 +53,16 @@ def container_pids(init_pid):
     return sorted(p for p in _all_pids() if _ns(p) == ns)
 
 
+def cuda_states(helper, init_pid):
+    """{pid: CUDA state} of the container's processes the helper knows as CUDA processes."""
+    out = {}
+    for p in container_pids(init_pid):
+        s = helper.state(p)
+        if s is not None:
+            out[p] = s
+    return out
+
+
 def inventory():
     """{"driver_version", "devices": [{index, uuid, name, memory_total}], "apps": {pid: [(uuid, bytes)]}}
     or None when this node shows no NVIDIA GPU."""

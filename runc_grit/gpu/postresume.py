@@ -82,12 +82,7 @@ def post_resume(init_pid, st, conf, image_dir=None, log=None, pairs=None):
     if helper is None:
         records.mark(st, "post-resume", init_pid)
         return []
-    pids = discovery.container_pids(init_pid)
-    states = {}
-    for p in pids:
-        s = helper.state(p)
-        if s is not None:
-            states[p] = s
+    states = discovery.cuda_states(helper, init_pid)
     if pairs is None and any(s == "checkpointed" for s in states.values()):
         pairs = []
         src = _manifest_gpu(image_dir)

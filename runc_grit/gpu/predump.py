@@ -33,12 +33,7 @@ def pre_dump(init_pid, st, conf, log=None):
         records.mark(st, "pre-dump", init_pid)
         return []
     t_helper = time.monotonic()
-    pids = discovery.container_pids(init_pid)
-    cuda = {}
-    for p in pids:
-        s = helper.state(p)
-        if s is not None:
-            cuda[p] = s
+    cuda = discovery.cuda_states(helper, init_pid)
     rec = records.read_record(st)
     rec.update({"init_pid": int(init_pid), "helper": helper.name,
                 "processes": {str(p): {"state_before": s} for p, s in cuda.items()},
