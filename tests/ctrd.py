@@ -284,6 +284,21 @@ class Containerd:
             os.rmdir(os.path.join("/run/containerd/runc", self.ns))
         except OSError:
             pass
+        remove_empty_cgroups(self.ns)
+
+
+def remove_empty_cgroups(name):
+    """containerd puts a task's cgroup under /<namespace>/ and never removes that parent:
+    take it away (in each hierarchy) once it is empty."""
+    root = "/sys/fs/cgroup"
+    dirs = [os.path.join(root, name)]
+    if not os.path.exists(os.path.join(root, "cgroup.controllers")):  # v1 / hybrid
+        dirs = [os.path.join(root, h, name) for h in os.listdir(root)]
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
 
 
 def mounts_under(path):

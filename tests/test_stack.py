@@ -16,8 +16,10 @@ EXPECT = dict(kv.split("=", 1) for kv in os.environ.get("RUNC_GRIT_EXPECT", "").
 
 
 def version(cmd):
+    """The version a binary reports on the first line of --version (runc, crun: "version
+    X"; CRIU: "Version: X"; containerd: "containerd <module> X")."""
     p = subprocess.run([cmd, "--version"], capture_output=True, text=True, timeout=30)
-    m = re.search(r"(?:version|Version:)\s+v?(\d+\.\d+(?:\.\d+)?)", p.stdout)
+    m = re.search(r"(?<![\w/.])v?(\d+\.\d+(?:\.\d+)?)", (p.stdout.splitlines() or [""])[0])
     return m.group(1) if m else None
 
 
