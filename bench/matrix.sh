@@ -6,8 +6,9 @@
 #   bash bench/matrix.sh [CELL ...]        (default: every cell; as root, after bootstrap)
 #
 # Cells: every version of every component at least once beside the current versions of the
-# rest (current = sid: runc 1.3, CRIU 4.2, containerd 2.1), and the stacks as the suites ship
-# them. In each cell: pass-through lifecycle; checkpoint; restore-on-create into a new id and
+# rest (current = sid: runc 1.3, CRIU 4.2, containerd 2.1), the stacks as the suites ship
+# them, and crun 1.28 (+CRIU) in runc's place (RUNC_GRIT_TEST_RUNTIME=crun: runc-grit's config
+# says `runtime: crun`, and the direct calls of the tests use crun). In each cell: pass-through lifecycle; checkpoint; restore-on-create into a new id and
 # bundle; a chain of two migrations with --leave-running; failed dumps (the source keeps
 # running); the bundle reused; through containerd, `ctr` checkpoint + restore by annotation
 # and the CRI pod restore with handler grit (and on containerd >= 2.1 the CRI
@@ -31,6 +32,7 @@ criu4.1|RUNC_GRIT_STACK=current RUNC_GRIT_CRIU=trixie|runc=1.3.6 criu=4.1.1 cont
 criu4.3|RUNC_GRIT_STACK=current RUNC_GRIT_CRIU=experimental|runc=1.3.6 criu=4.3 containerd=2.1.9
 containerd1.6|RUNC_GRIT_STACK=current RUNC_GRIT_CONTAINERD=bookworm|runc=1.3.6 criu=4.2.1 containerd=1.6.20
 containerd1.7|RUNC_GRIT_STACK=current RUNC_GRIT_CONTAINERD=trixie|runc=1.3.6 criu=4.2.1 containerd=1.7.24
+crun1.28|RUNC_GRIT_STACK=current RUNC_GRIT_TEST_RUNTIME=crun|crun=1.28 criu=4.2.1 containerd=2.1.9
 "
 TESTS=(
   tests/test_stack.py
@@ -55,8 +57,17 @@ while IFS='|' read -r name settings expect; do
   bin=$(env $settings bash install/stacks.sh 2>>"$log") || {
     echo "| $name | $expect | stack install failed | | |" > "$CELLDIR/$name.md"; continue; }
   t0=$(date +%s)
-  PATH=$bin:$PATH RUNC_GRIT_EXPECT="$expect" CI=true \
-    .venv/bin/python -m pytest -v -p no:cacheprovider "${TESTS[@]}" >>"$log" 2>&1
+  # crun cannot run containers on a host with hybrid cgroups (v1 controllers, v2 unified
+  # without them): its cell then runs in a private mount namespace whose /sys/fs/cgroup is
+  # the cgroup2 hierarchy, as on a cgroup v2 node
+  ns=()
+  if [ "${settings/RUNC_GRIT_TEST_RUNTIME=crun/}" != "$settings" ] &&
+     [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ]; then
+    ns=(unshare -m sh -c 'mount --make-rprivate / && mount -t cgroup2 none /sys/fs/cgroup && exec "$@"' sh)
+    echo "   (private mount namespace, cgroup2 at /sys/fs/cgroup)" | tee -a "$log"
+  fi
+  env $settings PATH=$bin:$PATH RUNC_GRIT_EXPECT="$expect" CI=true \
+    "${ns[@]}" .venv/bin/python -m pytest -v -p no:cacheprovider "${TESTS[@]}" >>"$log" 2>&1
   rc=$?
   dt=$(( $(date +%s) - t0 ))
   summary=$(tail -1 "$log" | sed 's/=//g; s/^ *//; s/ *$//')

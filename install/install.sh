@@ -16,6 +16,10 @@
 # Needs: python3 (>= 3.9) with venv; the runtime dependencies are installed by
 # install/deps.sh (runc, CRIU >= 4.1, iptables), which this script does not run.
 set -euo pipefail
+# the caller's import path must not end up in the launcher (it names the dirs runc_grit and
+# its deps were found in): a PYTHONPATH pointing at a source tree would make every later call
+# run that tree
+unset PYTHONPATH PYTHONHOME PYTHONUSERBASE
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 DESTDIR= VENV= CTRD_VERSION= K3S=0 RESTART=0 DOCTOR=1 SIGNING_KEY=
 while [ $# -gt 0 ]; do

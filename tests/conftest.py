@@ -20,6 +20,8 @@ GRIT_BIN = os.environ.get("RUNC_GRIT_BIN", "/usr/local/bin/runc-grit")
 GRIT = [GRIT_BIN]   # argv0 of every test that runs runc-grit as a program
 GRIT_ENV = {}       # what that needs in its environment
 INSTALL_PROBLEM = None
+# the runtime runc-grit delegates to in the tests (bench/matrix.sh's crun cell: crun)
+RUNTIME = os.environ.get("RUNC_GRIT_TEST_RUNTIME", "runc")
 
 
 def installed_package(launcher):
@@ -81,7 +83,7 @@ def _have(cmd):
 def _real_stack_missing():
     if os.geteuid() != 0:
         return "needs root"
-    for c in ("runc", "criu", "iptables-restore"):
+    for c in ("runc", RUNTIME, "criu", "iptables-restore"):
         if not _have(c):
             return "%s not installed" % c
     return None
@@ -144,6 +146,8 @@ class Env:
         conf = {"checkpoint_roots": [self.ckroot], "state_dir": self.state_dir,
                 "signing_key": key, "require_signature": True,
                 "staging_dir": os.path.join(self.dir, "staging")}
+        if RUNTIME != "runc":
+            conf["runtime"] = RUNTIME
         conf.update(extra)
         with open(self.config_path, "w") as f:
             yaml.safe_dump(conf, f)
@@ -161,7 +165,7 @@ class Env:
         return path
 
     def runc(self, *args, **kw):
-        return subprocess.run(["runc", "--root", self.root] + list(args), capture_output=True,
+        return subprocess.run([RUNTIME, "--root", self.root] + list(args), capture_output=True,
                               timeout=60, **kw)
 
     def cgroups_missing(self, cid):

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from conftest import RUNTIME
 from runc_grit.cli.harness import PipeReader
 
 pytestmark = pytest.mark.integration
@@ -77,7 +78,7 @@ def _lifecycle(genv, call, cid, b):
 def test_lifecycle_same_as_runc(genv):
     b1 = genv.bundle("b-runc")
     b2 = genv.bundle("b-grit")
-    direct = _lifecycle(genv, lambda b, *a: ["runc", "--root", genv.root] + list(a), "direct", b1)
+    direct = _lifecycle(genv, lambda b, *a: [RUNTIME, "--root", genv.root] + list(a), "direct", b1)
     via = _lifecycle(genv, lambda b, *a: genv.grit.argv(b, *a), "viagrit", b2)
     assert direct["create"] == 0 and direct["state"]["status"] == "running"
     assert via == direct

@@ -127,3 +127,35 @@ def test_nvidia_container_runtime_gets_our_spec_and_plain_pass_through(nvenv):
     calls = [json.loads(ln)["argv"] for ln in (tmp / "calls.jsonl").read_text().splitlines()]
     assert calls[0] == create                        # create itself unchanged
     assert calls[1:] == others                       # everything else byte for byte
+
+
+# --- crun: the shared empty dir's external mount key (containers/crun#2239) ----------------
+
+def test_crun_run_dir_follows_root_flag_then_xdg_then_default():
+    from runc_grit.runtimes.crun import run_dir
+    assert run_dir(["--root", "/run/containerd/runc/k8s.io"]) == "/run/containerd/runc/k8s.io"
+    assert run_dir(["--log", "/x", "--root=/r"]) == "/r"
+    assert run_dir([], {"XDG_RUNTIME_DIR": "/run/user/1000"}) == "/run/user/1000/crun"
+    assert run_dir([], {}) == "/run/crun"
+
+
+def test_crun_empty_dir_keys_are_mapped_onto_this_root_and_nothing_else():
+    from runc_grit.runtimes.crun import empty_dir_mappings
+    here = "/run/containerd/runc/k8s.io/.empty-directory"
+    keys = ["/run/crun/.empty-directory",       # crun <= 1.28's checkpoint key
+            "/run/containerd/runc/default/.empty-directory",  # another namespace's root
+            here,                                # crun maps its own
+            "/proc/keys",                        # a masked file: crun maps it itself
+            "/dev/nvidia0",                      # someone else's external mount
+            "/a b/.empty-directory",             # would split the CRIU config line
+            "/x\nmanage-cgroups=full/.empty-directory",  # would add a line
+            "/x/../etc/.empty-directory",
+            "relative/.empty-directory"]
+    assert empty_dir_mappings(keys, here) == [
+        "ext-mount-map /run/crun/.empty-directory:" + here,
+        "ext-mount-map /run/containerd/runc/default/.empty-directory:" + here]
+
+
+def test_runc_restores_need_no_extra_criu_lines():
+    from runc_grit.runtimes.runc import Runc
+    assert Runc(None).restore_criu_options(None, "/nonexistent") == []

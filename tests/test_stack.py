@@ -1,7 +1,8 @@
-"""The stack under test is the one asked for: the runc, CRIU and containerd on PATH (the
-matrix puts a stack's bin dir first, bench/matrix.sh) report the versions the cell names
+"""The stack under test is the one asked for: the runc (or crun), CRIU and containerd on PATH
+(the matrix puts a stack's bin dir first, bench/matrix.sh) report the versions the cell names
 (RUNC_GRIT_EXPECT="runc=1.3.6 criu=4.2.1 containerd=2.1.9"), and a checkpoint through
-runc-grit really ran that runc and that CRIU (the manifest's runtime version, dump.log's)."""
+runc-grit really ran that runtime (RUNC_GRIT_TEST_RUNTIME, default runc) and that CRIU (the
+manifest's runtime, dump.log's CRIU version)."""
 import os
 import re
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 
 import pytest
 
+from conftest import RUNTIME
 from test_integration_runc import checkpoint, start_counter
 
 pytestmark = pytest.mark.integration
@@ -42,4 +44,5 @@ def test_a_checkpoint_runs_the_runc_and_criu_on_path(genv):
     with open(os.path.join(img + "-work", "dump.log")) as f:
         criu_ran = re.search(r"Version: (\d+\.\d+(?:\.\d+)?)", f.read(4096)).group(1)
     assert criu_ran == version(shutil.which("criu")) == m["criu"]["version"]
-    assert m["runtime"]["version"].startswith(version(shutil.which("runc")))
+    assert m["runtime"]["name"] == RUNTIME
+    assert m["runtime"]["version"].startswith(version(shutil.which(RUNTIME)))

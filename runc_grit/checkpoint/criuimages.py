@@ -1,5 +1,5 @@
 """What a CRIU image dir says about its processes: credentials, capabilities, no_new_privs,
-seccomp mode and namespaces of every task. Decoded with CRIU's own pycriu (crit's library).
+seccomp mode and namespaces of every task, and the keys of its external mounts. Decoded with CRIU's own pycriu (crit's library).
 
 pycriu comes with CRIU's Python bindings (Debian's python3-pycriu; install/deps.sh unpacks
 Debian 13's into CRIU's prefix) and its own pure-Python protobuf, which must not meet the
@@ -27,7 +27,8 @@ def pycriu_path(conf=None):
 
 
 def read(image_dir, conf=None, timeout=120, where=None):
-    """{"root_ids": {ns: id}, "tasks": [{"pid", "creds", "ids", "seccomp_mode"}]} of image_dir.
+    """{"root_ids": {ns: id}, "tasks": [{"pid", "creds", "ids", "seccomp_mode"}],
+    "external_mounts": [key, ...]} of image_dir.
     GritError when it cannot be read (no pycriu, a corrupt image)."""
     from runc_grit.errors import GritError
     path = pycriu_path(conf)
@@ -69,7 +70,13 @@ def _decode(image_dir):
                           "seccomp_mode": tc.get("seccomp_mode", 0),
                           "ids": load("ids-%d.img" % item["pid"])[0] if tid == item["pid"]
                           else None})
-    return {"root_ids": root, "tasks": tasks}
+    keys = set()  # the keys of its external mounts (CRIU's --external mnt[KEY]:PATH)
+    for name in sorted(os.listdir(image_dir)):
+        if name.startswith("mountpoints-") and name.endswith(".img"):
+            for m in load(name):
+                if m.get("ext_key"):
+                    keys.add(m["ext_key"])
+    return {"root_ids": root, "tasks": tasks, "external_mounts": sorted(keys)}
 
 
 def main(argv):

@@ -90,6 +90,11 @@ class Runtime:
         if why:
             raise GritError("%s: %s" % (what, why), kind="usage")
 
+    def restore_criu_options(self, req, image_dir):
+        """Lines the CRIU config of a restore from the verified image_dir needs besides the
+        usual ones (none for runc)."""
+        return []
+
     def globals(self, pairs):
         """runc global flags (parsed pairs) as this runtime takes them, rendered."""
         from runc_grit.argv import _render_flags

@@ -57,6 +57,9 @@ class Runc(Runtime):
                 compat.check_device_env(image_dir, req.spec, conf, req.log, where)
                 pairs = destination.check_destination(m, conf, req.bundle)
                 _apply_rootfs_diff(image_dir, req)
+                lines = self.restore_criu_options(req, image_dir)
+                if lines:
+                    prepare_spec(req, extra=lines)
                 req.timings["checks_s"] = time.monotonic() - t1
             except GritError as e:
                 return req.give_up(e, "restore from %s refused: %s"
@@ -135,6 +138,9 @@ class Runc(Runtime):
                              _spec.annotations(req.spec))
                 compat.check_device_env(image_dir, req.spec, conf, req.log, where)
                 pairs = destination.check_destination(m, conf, req.bundle)
+            lines = self.restore_criu_options(req, image_dir)
+            if lines:
+                prepare_spec(req, "runtime" if inv.value("manage-cgroups-mode") else None, lines)
         except GritError:
             st.remove()
             raise
@@ -278,20 +284,21 @@ class _thawed:
 
 # --- the CRIU config, the action script's environment, CRIU itself -------------------------
 
-def criu_config(conf, user, cgroups_mode=None):
-    return criuconf.content(_config.hook_script(conf), conf.criu_options, user,
-                            conf.restore_cgroups if cgroups_mode is None else cgroups_mode)
+def criu_config(conf, user, cgroups_mode=None, extra=()):
+    return criuconf.content(_config.hook_script(conf), list(conf.criu_options) + list(extra),
+                            user, conf.restore_cgroups if cgroups_mode is None else cgroups_mode)
 
 
-def prepare_spec(req, cgroups_mode=None):
+def prepare_spec(req, cgroups_mode=None, extra=()):
     """Point the bundle's config.json at the shared CRIU config (criuconf). The change is
     the same for every container of the bundle, so config.json is written at most once, and
     never when it already names that config. A bundle runc-grit cannot write keeps working
-    as with runc, without the action script (logged)."""
+    as with runc, without the action script (logged). extra: lines a restore from one
+    particular image needs (Runtime.restore_criu_options)."""
     conf, spec = req.conf, req.spec
     ann = _spec.annotations(spec)
     user = criuconf.user_config(ann, conf.state_dir)
-    path = criuconf.ensure(conf.state_dir, criu_config(conf, user, cgroups_mode))
+    path = criuconf.ensure(conf.state_dir, criu_config(conf, user, cgroups_mode, extra))
     changes = []
     if ann.get(criuconf.ANNOTATION) != path:
         changes.append(_spec.set_criu_config(path))
