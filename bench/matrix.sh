@@ -45,6 +45,8 @@ TESTS=(
   "tests/test_containerd.py::test_cri_pod_restores_from_grit_checkpoint_annotation"
 )
 [ -e tests/test_cri_checkpoint.py ] && TESTS+=(tests/test_cri_checkpoint.py)
+# `bench/matrix.sh --tests`: the list, for a cell run elsewhere (bench/gpu/device_run.sh crun)
+if [ "${1:-}" = --tests ]; then printf '%s\n' "${TESTS[@]}"; exit 0; fi
 
 want=" $* "
 CELLDIR=$OUT/matrix-cells      # one row per cell, kept between runs

@@ -169,12 +169,18 @@ class Env:
                               timeout=60, **kw)
 
     def cgroups_missing(self, cid):
-        """The cgroups runc made for container cid (its state.json) that do not hold its init."""
-        with open(os.path.join(self.root, cid, "state.json")) as f:
-            st = json.load(f)
-        pid = st["init_process_pid"]
+        """The cgroups the runtime made for container cid (runc's state.json, crun's status)
+        that do not hold its init."""
+        if RUNTIME == "crun":  # cgroup v2 only: "cgroup-path" under the unified hierarchy
+            with open(os.path.join(self.root, cid, "status")) as f:
+                st = json.load(f)
+            pid, paths = st["pid"], {"": "/sys/fs/cgroup" + st["cgroup-path"]}
+        else:
+            with open(os.path.join(self.root, cid, "state.json")) as f:
+                st = json.load(f)
+            pid, paths = st["init_process_pid"], st["cgroup_paths"]
         missing = []
-        for ctrl, path in sorted(st["cgroup_paths"].items()):
+        for ctrl, path in sorted(paths.items()):
             try:
                 with open(os.path.join(path, "cgroup.procs")) as f:
                     procs = {int(x) for x in f.read().split()}

@@ -47,30 +47,34 @@ def _norm_state(s, cid):
 def _lifecycle(genv, call, cid, b):
     """create/start/state/ps/exec/pause/resume/kill/delete/list; outputs normalized."""
     res = {}
+
+    def run(argv, **kw):  # runc-grit with this test's config (runtime, state dir), not the node's
+        return subprocess.run(argv, env=genv.env, **kw)
+
     r_out, w_out = os.pipe()
-    p = subprocess.run(call(b, "create", "--bundle", b, "--pid-file", os.path.join(b, "init.pid"), cid),
-                       stdin=subprocess.DEVNULL, stdout=w_out, stderr=w_out, timeout=60)
+    p = run(call(b, "create", "--bundle", b, "--pid-file", os.path.join(b, "init.pid"), cid),
+            stdin=subprocess.DEVNULL, stdout=w_out, stderr=w_out, timeout=60)
     os.close(w_out)
     reader = PipeReader(r_out)
     res["create"] = p.returncode
-    res["state_created"] = _norm_state(json.loads(subprocess.run(call(None, "state", cid), capture_output=True).stdout), cid)
-    res["start"] = subprocess.run(call(b, "start", cid), capture_output=True).returncode
+    res["state_created"] = _norm_state(json.loads(run(call(None, "state", cid), capture_output=True).stdout), cid)
+    res["start"] = run(call(b, "start", cid), capture_output=True).returncode
     time.sleep(0.3)
-    res["state"] = _norm_state(json.loads(subprocess.run(call(None, "state", cid), capture_output=True).stdout), cid)
-    ps = subprocess.run(call(None, "ps", "--format", "json", cid), capture_output=True)
+    res["state"] = _norm_state(json.loads(run(call(None, "state", cid), capture_output=True).stdout), cid)
+    ps = run(call(None, "ps", "--format", "json", cid), capture_output=True)
     res["ps"] = (ps.returncode, len(json.loads(ps.stdout)) >= 1)
-    ex = subprocess.run(call(None, "exec", cid, "echo", "hello from exec"), capture_output=True)
+    ex = run(call(None, "exec", cid, "echo", "hello from exec"), capture_output=True)
     res["exec"] = (ex.returncode, ex.stdout)
-    res["pause"] = subprocess.run(call(None, "pause", cid), capture_output=True).returncode
-    res["state_paused"] = json.loads(subprocess.run(call(None, "state", cid), capture_output=True).stdout)["status"]
-    res["resume"] = subprocess.run(call(None, "resume", cid), capture_output=True).returncode
-    lst = subprocess.run(call(None, "list", "--format", "json"), capture_output=True)
+    res["pause"] = run(call(None, "pause", cid), capture_output=True).returncode
+    res["state_paused"] = json.loads(run(call(None, "state", cid), capture_output=True).stdout)["status"]
+    res["resume"] = run(call(None, "resume", cid), capture_output=True).returncode
+    lst = run(call(None, "list", "--format", "json"), capture_output=True)
     res["list"] = sorted(c["status"] for c in json.loads(lst.stdout) if c["id"] == cid)
-    res["kill"] = subprocess.run(call(None, "kill", cid, "KILL"), capture_output=True).returncode
+    res["kill"] = run(call(None, "kill", cid, "KILL"), capture_output=True).returncode
     time.sleep(0.5)
-    res["state_killed"] = json.loads(subprocess.run(call(None, "state", cid), capture_output=True).stdout)["status"]
-    res["delete"] = subprocess.run(call(None, "delete", cid), capture_output=True).returncode
-    res["state_deleted"] = subprocess.run(call(None, "state", cid), capture_output=True).returncode
+    res["state_killed"] = json.loads(run(call(None, "state", cid), capture_output=True).stdout)["status"]
+    res["delete"] = run(call(None, "delete", cid), capture_output=True).returncode
+    res["state_deleted"] = run(call(None, "state", cid), capture_output=True).returncode
     res["output_seen"] = reader.wait_for(lambda r: len(r.ints()) >= 1)
     return res
 

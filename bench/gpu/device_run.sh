@@ -6,6 +6,7 @@
 # 1.1.5 .deb (the debian12 stack), the current stack (Debian sid's runc 1.3.6, CRIU 4.2.1,
 # containerd 2.1.9), CRIU 4.3 (experimental), pycriu, busybox-static, and wheels.
 #   bash bench/gpu/device_run.sh MODE...   MODE: tests (STACK=debian12|current), cri, bench,
+#                                          crun (the matrix's crun cell, cgroup v2),
 #                                          runtimes (needs CARRY_RUNTIMES=1 in make_carry)
 # runc-grit runs as installed: /usr/local/bin/runc-grit, a launcher (python3 -S) for this tree.
 set -u
@@ -68,6 +69,12 @@ for MODE in "${@:-tests}"; do
       BENCH_CRIUS=${BENCH_CRIUS:-"4.2=$CURRENT/criu${NEXT:+ 4.3=$NEXT/criu}"} \
         PATH=$(stack_path current) python3 bench/gpu/bench_gpu.py "$OUT/gpu-bench.md" \
         ${BENCH_SIZES:-1 4 16} 2>&1 | tee "$OUT/gpu-bench.log" ;;
+    crun)  # bench/matrix.sh's crun1.28 cell on a cgroup v2 host (with controllers)
+      echo "== matrix cell crun1.28: crun 1.28 (+CRIU), CRIU 4.2.1, containerd 2.1.9; $(stat -fc %T /sys/fs/cgroup)"
+      PATH=$(stack_path current) RUNC_GRIT_TEST_RUNTIME=crun \
+        RUNC_GRIT_EXPECT="crun=1.28 criu=4.2.1 containerd=2.1.9" \
+        python3 -m pytest -v -p no:cacheprovider $(bash bench/matrix.sh --tests) \
+        2>&1 | tee "$OUT/crun-cell.log" ;;
     runtimes)
       E=$C/extra
       for d in "$E"/crun_*.deb "$E"/libyajl2_*.deb "$E"/runsc_*.deb; do dpkg -x "$d" /opt/rg/rt; done
