@@ -4,7 +4,8 @@ start: after a restore-on-create the process already runs (runc restore --detach
 first `start` succeeds without calling the runtime. Any other start goes to the runtime.
 delete: the runtime deletes the container, then runc-grit removes its state.
 A runsc container that a checkpoint stopped (its sandbox killed while paused) is reported
-"stopped" by `state`, and deleted with --force: runsc itself still calls it paused.
+"stopped" by `state`, and deleted with --force: runsc itself still calls it paused. The
+`delete` of a container crun removed at its checkpoint succeeds (runtimes.crun).
 """
 import os
 
@@ -28,6 +29,9 @@ def dispatch(inv, args):
             return start(st, rt, args, log)
         if inv.command == "state":
             return state(st, rt, args)
+        if (st.read() or {}).get("removed_by_checkpoint") and rt.state(st.id) is None:
+            st.remove()  # crun removed it at its checkpoint (runtimes.crun)
+            return 0
         if os.path.exists(st.path(STOPPED_MARK)) and not inv.has("force"):
             args = _argv.Invocation(inv.globals, inv.command, inv.flags + [("force", None)],
                                     inv.args).render()

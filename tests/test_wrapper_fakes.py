@@ -230,6 +230,7 @@ def _log_lines(b):
 
 
 def test_restore_on_create_rewrites_to_restore_and_start_skips_runtime(fenv):
+    fenv.conf.write_text(fenv.conf.read_text() + "staging: copy\n")
     img = make_images(str(fenv.ck / "img"))
     b = fenv.bundle("b2", {"grit.dev/restore-from": img})
     p = _create(fenv, b, "c2")
@@ -337,3 +338,84 @@ def test_checkpoint_status_fd_reaches_the_runtime(fenv):
     assert p.returncode == 0, p.stderr
     ck = [c for c in fenv.calls() if "checkpoint" in c["argv"]][-1]
     assert w in ck["fds"]
+
+
+@pytest.fixture
+def crunenv(fenv):
+    """The fake runtime as `crun` (runc-grit picks its crun strategy by the name), doing what
+    crun does differently from runc."""
+    bindir = fenv.tmp / "crun-bin"
+    bindir.mkdir()
+    os.symlink(os.path.join(FAKES, "fake-runtime"), bindir / "crun")
+    fenv.conf.write_text(fenv.conf.read_text().replace("runtime: fake-runtime", "runtime: crun"))
+    fenv.env.update(PATH="%s:%s" % (bindir, fenv.env["PATH"]), FAKE_RUNTIME_LIKE="crun")
+    return fenv
+
+
+def test_crun_checkpointed_container_deletes_cleanly(crunenv):
+    """crun removes a container it checkpointed, and its own `delete` then fails in words
+    containerd's shim does not read as "already gone" (runc's "does not exist"): the CRI
+    task would never finish exiting. runc-grit's delete succeeds."""
+    f = crunenv
+    (f.tmp / "c1").write_text("")
+    p = f.run("checkpoint", "--image-path", str(f.ck / "img"), "c1")
+    assert p.returncode == 0, p.stderr
+    assert not (f.tmp / "c1").exists()  # the fake crun removed it
+    direct = subprocess.run(["crun", "delete", "c1"], env=f.env, capture_output=True)
+    assert direct.returncode == 1 and b"error opening file" in direct.stderr
+    p = f.run("--root", "/r", "--log", str(f.tmp / "log.json"), "delete", "c1")
+    assert p.returncode == 0, p.stderr
+    assert not (f.state / "c1").exists()
+    # the next delete is crun's own again
+    assert f.run("delete", "c1").returncode == 1
+
+
+def test_crun_leave_running_checkpoint_keeps_delete_as_crun_has_it(crunenv):
+    f = crunenv
+    (f.tmp / "c1").write_text("")
+    p = f.run("checkpoint", "--leave-running", "--image-path", str(f.ck / "img"), "c1")
+    assert p.returncode == 0, p.stderr
+    assert (f.tmp / "c1").exists()
+    assert f.run("delete", "c1").returncode == 0
+    assert f.run("delete", "c1").returncode == 1  # gone: crun's error, passed on
+
+
+def test_crun_restore_gets_no_runc_only_flags(crunenv):
+    """containerd's shim restores with runc's flags (--no-subreaper always): crun's argp
+    would exit 64 before writing --log. runc-grit drops the ones crun lacks."""
+    f = crunenv
+    b = f.bundle("b")
+    img = f.ck / "img"
+    img.mkdir()
+    args = ["--root", "/r", "--log", str(f.tmp / "log.json"), "--log-format", "json", "restore",
+            "--detach", "--no-subreaper", "--no-pivot", "--pid-file", str(b / "pid"),
+            "--bundle", str(b), "--image-path", str(img), "--work-path", str(f.tmp / "w"),
+            "--tcp-established", "c2"]
+    p = f.run(*args)
+    assert p.returncode == 0, (p.stderr, (f.tmp / "log.json").read_text()
+                               if (f.tmp / "log.json").exists() else "")
+    got = [c["argv"] for c in f.calls() if "restore" in c["argv"]][-1]
+    assert "--no-subreaper" not in got and "--no-pivot" not in got
+    assert got[got.index("restore"):] == ["restore", "--detach", "--pid-file", str(b / "pid"),
+                                          "--bundle", str(b), "--image-path", str(img),
+                                          "--work-path", str(f.tmp / "w"), "--tcp-established",
+                                          "c2"]
+
+
+@pytest.mark.parametrize("args", [
+    ["restore", "--lazy-pages", "--image-path", "IMG", "--bundle", "B", "c2"],
+    ["checkpoint", "--page-server", "10.0.0.1:27", "--image-path", "IMG", "c1"],
+])
+def test_crun_refuses_what_crun_cannot_do(crunenv, args):
+    f = crunenv
+    (f.tmp / "c1").write_text("")
+    img = f.ck / "img"
+    img.mkdir()
+    b = f.bundle("b")
+    args = [{"IMG": str(img), "B": str(b)}.get(a, a) for a in args]
+    log = f.tmp / "log.json"
+    p = f.run("--log", str(log), "--log-format", "json", *args)
+    assert p.returncode != 0
+    msg = json.loads(log.read_text().splitlines()[-1])["msg"]
+    assert "crun %s has no --%s" % (args[0], args[1][2:]) in msg, msg
+    assert not [c for c in f.calls() if args[0] in c["argv"]]  # crun never ran it

@@ -76,6 +76,9 @@ class Runtime:
 
     name = "runc"
     image_format = "CRIU"
+    # its `delete` of a container its checkpoint removed fails in words containerd's shim
+    # does not take for "already gone" (crun)
+    deletes_checkpointed = False
 
     def __init__(self, delegate):
         self.rt = delegate

@@ -8,12 +8,32 @@ the restoring call's `--root`; and even a fixed crun keys the mount on the sourc
 containerd (`--root /run/containerd/runc/<namespace>`), on another node or in another
 namespace, the keys differ and CRIU fails: "mnt: No mapping for ... mountpoint". So a restore
 maps every such key found in the images onto this call's empty dir, in the CRIU config.
+
+Two more, so that containerd's shim gets what it gets from runc: runc's restore and
+checkpoint flags crun lacks are dropped (its argp would exit 64 before writing --log), and the
+`delete` of a container crun removed at its checkpoint succeeds (runc_grit.lifecycle): the
+shim takes runc's failing delete for "already gone" by its words, "does not exist", and crun's
+words differ, so the CRI task never finished exiting.
 """
 import os
 import re
 
+from runc_grit.errors import GritError
 from runc_grit.node import procs
 from runc_grit.runtimes.runc import Runc
+
+# runc restore/checkpoint flags crun 1.8-1.28 does not take (its argp exits 64 on them):
+# dropped. containerd's shim passes --no-subreaper to every restore; crun registers a
+# namespace given by path (a pod's netns) with CRIU as external itself (--empty-ns's use).
+CRUN_LACKS = {
+    "restore": ("no-subreaper", "no-pivot", "pidfd-socket", "empty-ns", "auto-dedup"),
+    "checkpoint": ("empty-ns", "auto-dedup", "status-fd"),
+}
+# ... and those whose meaning would be lost: refused, before anything runs
+CRUN_REFUSES = {
+    "restore": ("lazy-pages",),
+    "checkpoint": ("lazy-pages", "page-server"),
+}
 
 EMPTY_DIR = ".empty-directory"
 # a key that can be crun's shared empty dir: an absolute path of plain characters (it goes into
@@ -42,8 +62,31 @@ def empty_dir_mappings(keys, here):
             if k != here and _EMPTY_DIR_KEY.match(k) and ".." not in k.split("/")]
 
 
+def crun_argv(inv, args):
+    """args (parsed: inv) as crun takes them: restore and checkpoint without the runc flags
+    crun lacks; GritError for one whose meaning would be lost."""
+    lacks = CRUN_LACKS.get(inv.command)
+    if not lacks:
+        return list(args)
+    for name in CRUN_REFUSES[inv.command]:
+        if any(n == name for n, _ in inv.flags):
+            raise GritError("crun %s has no --%s" % (inv.command, name), kind="usage")
+    flags = [(n, v) for n, v in inv.flags if n not in lacks]
+    if len(flags) == len(inv.flags):
+        return list(args)
+    from runc_grit.argv import Invocation
+    return Invocation(inv.globals, inv.command, flags, inv.args).render()
+
+
 class Crun(Runc):
     name = "crun"
+    # crun removes a container it checkpointed, as runc does; but then its `delete` fails
+    # with "error opening file .../status", where containerd's shim looks for runc's
+    # "does not exist" before it takes the task for gone
+    deletes_checkpointed = True
+
+    def translate(self, inv, args):
+        return crun_argv(inv, args)
 
     def checkpoint_problem(self):
         try:
@@ -57,6 +100,8 @@ class Crun(Runc):
 
     def restore_criu_options(self, req, image_dir):
         from runc_grit.checkpoint import criuimages
+        if not any(n.startswith("mountpoints-") for n in os.listdir(image_dir)):
+            return []  # no mount namespace in the images, no external mounts
         keys = criuimages.read(image_dir, req.conf, where="restore of %s" % req.cid).get(
             "external_mounts") or []
         here = os.path.join(run_dir(self.rt.globals), EMPTY_DIR)

@@ -83,6 +83,7 @@ class Runc(Runtime):
                             kind="usage")
         for flag in dropped:
             req.log.debug("restore has no --%s; dropped" % flag)
+        rargs = self.translate(_argv.parse(rargs), rargs)
         st.write({"id": cid, "bundle": req.bundle, "created": time.time(),
                   "restored_from": real, "annotation": req.restore.annotation,
                   "phase": "restoring", "root": self.rt.root()})
@@ -148,7 +149,8 @@ class Runc(Runtime):
             extra["RUNC_GRIT_DEVICE_PAIRS"] = json.dumps(pairs)
         st.write({"id": cid, "bundle": req.bundle, "created": time.time(),
                   "restored_from": image_dir, "phase": "restoring", "root": self.rt.root()})
-        rc, _ = procs.run(self.rt.command(req.args), env=hook_env(conf, st, extra))
+        rc, _ = procs.run(self.rt.command(self.translate(inv, req.args)),
+                          env=hook_env(conf, st, extra))
         why = postresume.resume_failure(st, pairs is not None) if rc == 0 else None
         if why:
             self.rt.force_delete(cid)
@@ -189,7 +191,7 @@ class Runc(Runtime):
                 with procs.guarded(job, env):
                     with _thawed(rt, cid):
                         predump.pre_dump(int(info["pid"]), st, conf, log)
-            rc, _ = procs.run(rt.command(req.args), env=env, guard=job,
+            rc, _ = procs.run(rt.command(self.translate(inv, req.args)), env=env, guard=job,
                               pass_fds=_fds(inv, "status-fd"))
             dump_s = time.monotonic() - t0
             resumed = []
@@ -239,10 +241,26 @@ class Runc(Runtime):
                       % (cid, image_dir, len(images), dump_s))
             if resumed:
                 log.debug("CUDA resumed in %s" % ",".join(str(p) for p in resumed))
-            if not leave_running and rt.state(cid) is None and not had_state:
+            if not leave_running and rt.state(cid) is None:
                 _keep_journal(st, inv.value("work-path"), image_dir)
-                st.remove()
+                if self.deletes_checkpointed:
+                    _remember_removed(st, info)
+                elif not had_state:
+                    st.remove()
             return 0
+
+
+def _remember_removed(st, info):
+    """The runtime removed the container it checkpointed, as runc does, but its `delete`
+    then fails in words containerd's shim does not take for "already gone" (crun: "error
+    opening file .../status"; runc: "container does not exist"), so the task never
+    finishes exiting. runc-grit remembers the checkpoint, and its `delete` succeeds
+    (runc_grit.lifecycle)."""
+    if st.exists():
+        st.update(removed_by_checkpoint=True)
+    else:
+        st.write({"id": st.id, "bundle": info.get("bundle"), "created": time.time(),
+                  "restored_from": None, "removed_by_checkpoint": True})
 
 
 def _keep_journal(st, work_dir, image_dir):
