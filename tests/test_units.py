@@ -578,3 +578,19 @@ def test_device_env_changes():
     assert claims == [("GPU_DEVICE_0_RESOURCE_CLAIM", "claim-1", "claim-2")]
     assert compat.device_env_changes(src, src) == ([], [])
     assert compat.device_env_changes(spec("DRA_X=1"), spec())[1] == [("DRA_X", "1", "")]
+
+
+def test_holds_nvidia_device_reads_the_fd_table(monkeypatch):
+    """A paused container is thawed for its CUDA steps only when one of its processes holds
+    an NVIDIA device open (told from /proc, which works on frozen tasks)."""
+    from runc_grit.gpu import discovery, helper
+    assert discovery.holds_nvidia_device(os.getpid()) is False  # no GPU open here
+    assert discovery.holds_nvidia_device(2 ** 22 + 1) is False  # no such process
+    links = {"/proc/7/fd/3": "/dev/null", "/proc/7/fd/4": "/dev/nvidiactl"}
+    monkeypatch.setattr(discovery.os, "listdir", lambda d: ["3", "4"] if d == "/proc/7/fd" else [])
+    monkeypatch.setattr(discovery.os, "readlink", lambda p: links[p])
+    assert discovery.holds_nvidia_device(7) is True
+    links["/proc/7/fd/4"] = "socket:[1]"
+    assert discovery.holds_nvidia_device(7) is False
+    # a helper binary (NVIDIA's CLI, or a test's fake) is asked, not guessed for
+    assert helper.Helper().may_be_cuda(7) is True

@@ -53,6 +53,23 @@ def container_pids(init_pid):
     return sorted(p for p in _all_pids() if _ns(p) == ns)
 
 
+def holds_nvidia_device(pid):
+    """Whether pid has an NVIDIA device node open (every CUDA process holds /dev/nvidiactl):
+    necessary, not sufficient, for a CUDA process. Read from /proc: it works on frozen tasks."""
+    d = "/proc/%d/fd" % int(pid)
+    try:
+        fds = os.listdir(d)
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(os.path.join(d, fd)).startswith("/dev/nvidia"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def cuda_states(helper, init_pid):
     """{pid: CUDA state} of the container's processes the helper knows as CUDA processes."""
     out = {}

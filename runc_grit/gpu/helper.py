@@ -17,6 +17,11 @@ def _die_with_parent():
 class Helper:
     name = "helper"
 
+    def may_be_cuda(self, pid):
+        """Whether pid can be a CUDA process, told without it running (it may be frozen, and
+        CUDA's own calls on frozen processes wait for their timeout). True unless known not."""
+        return True
+
     def state(self, pid):
         raise NotImplementedError
 
@@ -74,6 +79,10 @@ class BuiltinHelper(Helper):
             return fn(*a)
         except CudaError as e:
             raise GritError(str(e), kind="gpu") from None
+
+    def may_be_cuda(self, pid):
+        from runc_grit.gpu.discovery import holds_nvidia_device
+        return holds_nvidia_device(pid)
 
     def state(self, pid):
         from runc_grit.gpu.driver import CudaError

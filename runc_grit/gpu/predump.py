@@ -16,6 +16,14 @@ def wanted(conf):
     return conf.cuda.get("enabled") != "never" and _helper.for_config(conf) is not None
 
 
+def may_have_cuda(init_pid, conf):
+    """Whether the container whose init is init_pid can hold CUDA processes, told without its
+    tasks running (a paused container is thawed for its CUDA steps only when it can)."""
+    helper = _helper.for_config(conf)
+    return helper is not None and any(helper.may_be_cuda(p)
+                                      for p in discovery.container_pids(init_pid))
+
+
 def pre_dump(init_pid, st, conf, log=None):
     """Lock, then checkpoint, every CUDA process of the container. Idempotent."""
     if records.done(st, "pre-dump", init_pid):

@@ -177,8 +177,10 @@ class Runc(Runtime):
         was_paused = info.get("status") == "paused"
         # containerd (CRI CheckpointContainer) pauses a container before it checkpoints it,
         # but CUDA's lock, checkpoint, restore and unlock need its tasks running (on frozen
-        # ones they hang until their timeout): the GPU steps run thawed, around the dump
-        thaw_for_cuda = was_paused and predump.wanted(conf)
+        # ones they hang until their timeout): the GPU steps run thawed, around the dump. A
+        # container without an NVIDIA device open stays frozen where its caller paused it.
+        thaw_for_cuda = (was_paused and predump.wanted(conf)
+                         and predump.may_have_cuda(info["pid"], conf))
         st = req.st
         had_state = st.exists()
         with st:
