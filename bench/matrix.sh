@@ -63,12 +63,14 @@ while IFS='|' read -r name settings expect; do
   # without them): its cell then runs in a private mount namespace whose /sys/fs/cgroup is
   # the cgroup2 hierarchy, as on a cgroup v2 node
   ns=() tests=("${TESTS[@]}") note=
+  # crun: also the crun tests of test_runtimes.py (a runc checkpoint restored by crun)
+  [ "${settings/RUNC_GRIT_TEST_RUNTIME=crun/}" = "$settings" ] || tests+=(tests/test_runtimes.py)
   if [ "${settings/RUNC_GRIT_TEST_RUNTIME=crun/}" != "$settings" ] &&
      [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ]; then
     ns=(unshare -m sh -c 'mount --make-rprivate / && mount -t cgroup2 none /sys/fs/cgroup && exec "$@"' sh)
     # containerd's containers ask for the cpu controller, which such a host keeps in v1
     tests=() note="(private mount namespace with cgroup2 at /sys/fs/cgroup; without containerd, whose containers need the cpu controller there: bench/gpu/device_run.sh crun runs it all on a cgroup v2 host)"
-    for t in "${TESTS[@]}"; do
+    for t in "${TESTS[@]}" tests/test_runtimes.py; do
       case $t in *containerd*|*cri_*) ;; *) tests+=("$t") ;; esac
     done
     echo "   $note" | tee -a "$log"
