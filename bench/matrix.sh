@@ -39,6 +39,7 @@ TESTS=(
   "tests/test_integration_runc.py::test_lifecycle_same_as_runc"
   "tests/test_integration_runc.py::test_checkpoint_and_restore_from_annotation"
   "tests/test_integration_runc.py::test_restore_chain_and_leave_running"
+  "tests/test_integration_runc.py::test_restored_container_keeps_its_own_cgroup_namespace_through_a_chain"
   "tests/test_reliability.py::test_checkpoint_fault_leaves_the_source_running"
   "tests/test_dropin.py::test_one_bundle_eight_containers_at_once_then_checkpoint_and_restore"
   "tests/test_containerd.py::test_ctr_checkpoint_then_restore_by_annotation"
@@ -69,9 +70,11 @@ while IFS='|' read -r name settings expect; do
      [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ]; then
     ns=(unshare -m sh -c 'mount --make-rprivate / && mount -t cgroup2 none /sys/fs/cgroup && exec "$@"' sh)
     # containerd's containers ask for the cpu controller, which such a host keeps in v1
-    tests=() note="(private mount namespace with cgroup2 at /sys/fs/cgroup; without containerd, whose containers need the cpu controller there: bench/gpu/device_run.sh crun runs it all on a cgroup v2 host)"
+    tests=() note="(private mount namespace with cgroup2 at /sys/fs/cgroup; without containerd, whose containers need the cpu controller there, nor the cgroup namespace chain: bench/gpu/device_run.sh crun runs it all on a cgroup v2 host)"
+    # nor the cgroup namespace chain: CRIU's cgroup mode for it ("soft") recreates the host's
+    # v1 cgroups, which such a namespace does not hide, one level deeper at each restore
     for t in "${TESTS[@]}" tests/test_runtimes.py; do
-      case $t in *containerd*|*cri_*) ;; *) tests+=("$t") ;; esac
+      case $t in *containerd*|*cri_*|*cgroup_namespace*) ;; *) tests+=("$t") ;; esac
     done
     echo "   $note" | tee -a "$log"
   fi

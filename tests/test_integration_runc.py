@@ -365,3 +365,47 @@ def test_claim_specific_environment_that_differs_is_refused(genv):
     with open(os.path.join(b2, "log.json")) as f:
         assert any("claim-specific" in json.loads(ln)["msg"] and json.loads(ln)["level"] ==
                    "warning" for ln in f)
+
+
+def _with_cgroupns(b):
+    path = os.path.join(b, "config.json")
+    with open(path) as f:
+        spec = json.load(f)
+    spec["linux"]["namespaces"].append({"type": "cgroup"})
+    with open(path, "w") as f:
+        json.dump(spec, f)
+    return b
+
+
+def test_restored_container_keeps_its_own_cgroup_namespace_through_a_chain(genv):
+    """A spec with a cgroup namespace of its own (runc's default on cgroup v2, containerd's
+    CRI there): CRIU restores cgroup namespaces as part of its cgroup work, so in the
+    "ignore" mode the restored tasks landed in the node's cgroup namespace (runc's bats
+    `checkpoint and restore (cgroupns)` found it through the privilege check). Each restored
+    init must be in a cgroup namespace of its own, twice over."""
+    host = os.readlink("/proc/self/ns/cgroup")
+    b1 = _with_cgroupns(genv.bundle("cgns-src"))
+    p, out1 = genv.grit.create_with_pipes(b1, "cgns-src")
+    assert p.returncode == 0, genv.grit.log_error(b1)
+    assert genv.grit.run(b1, "start", "cgns-src").returncode == 0
+    assert out1.wait_for(lambda r: len(r.ints()) >= 3)
+    assert os.readlink("/proc/%d/ns/cgroup" % genv.grit.state("cgns-src")["pid"]) != host
+    img, prev, prev_out = os.path.join(genv.ckroot, "one"), ("cgns-src", b1), out1
+    for hop in ("cgns-a", "cgns-b"):
+        checkpoint(genv, prev[1], prev[0], img)
+        prev_out.closed()
+        genv.grit.run(prev[1], "delete", prev[0])
+        b = genv.bundle(hop, annotations={"grit.dev/restore-from": img},
+                        rootfs_from=os.path.join(b1, "rootfs"))
+        _with_cgroupns(b)
+        p, out = genv.grit.create_with_pipes(b, hop)
+        assert p.returncode == 0, genv.grit.log_error(b)
+        assert genv.grit.run(b, "start", hop).returncode == 0
+        assert out.wait_for(lambda r: len(r.ints()) >= 3)
+        assert_continues(prev_out.ints(), out.ints())
+        pid = genv.grit.state(hop)["pid"]
+        assert os.readlink("/proc/%d/ns/cgroup" % pid) != host, "restored into the node's cgroupns"
+        img, prev, prev_out = os.path.join(genv.ckroot, "two"), (hop, b), out
+    genv.grit.run(prev[1], "kill", prev[0], "KILL")
+    time.sleep(0.3)
+    genv.grit.run(prev[1], "delete", "--force", prev[0])

@@ -594,3 +594,24 @@ def test_holds_nvidia_device_reads_the_fd_table(monkeypatch):
     assert discovery.holds_nvidia_device(7) is False
     # a helper binary (NVIDIA's CLI, or a test's fake) is asked, not guessed for
     assert helper.Helper().may_be_cuda(7) is True
+
+
+def test_cgroup_mode_ignore_only_without_a_private_cgroup_namespace():
+    from runc_grit.runtimes.criuconf import cgroups_mode_for
+    own = {"linux": {"namespaces": [{"type": "pid"}, {"type": "cgroup"}]}}
+    joined = {"linux": {"namespaces": [{"type": "cgroup", "path": "/proc/1/ns/cgroup"}]}}
+    none = {"linux": {"namespaces": [{"type": "pid"}]}}
+    assert cgroups_mode_for("ignore", own) == "runtime"
+    assert cgroups_mode_for("ignore", joined) == "ignore"
+    assert cgroups_mode_for("ignore", none) == "ignore"
+    assert cgroups_mode_for("soft", own) == "soft"
+
+
+def test_shared_namespaces_names_what_the_restored_init_shares_with_the_node():
+    from runc_grit.runtimes.runc import shared_namespaces
+    spec = {"linux": {"namespaces": [{"type": "cgroup"}, {"type": "uts"},
+                                     {"type": "network", "path": "/var/run/netns/x"}]}}
+    why = shared_namespaces(os.getpid(), spec)  # this process: the node's namespaces
+    assert "cgroup/uts namespaces" in why, why
+    assert shared_namespaces(os.getpid(), {"linux": {"namespaces": []}}) is None
+    assert shared_namespaces(None, spec) is None

@@ -9,7 +9,8 @@ container then runs in its source's cgroup, runc freezes the (empty) new cgroup 
 checkpoint and CRIU fails with "Unseizable non-zombie". In "ignore" mode CRIU leaves cgroups
 alone, and as runc starts CRIU inside the new container's cgroup, the tasks land there (what
 runc >= 1.2 and crun do). At a dump, "ignore" only leaves the cgroup properties out of the
-images, which such a restore does not read.
+images, which such a restore does not read. But "ignore" also skips the cgroup namespace:
+a container whose spec gives it one of its own gets the runtime's mode (cgroups_mode_for).
 
 The bundle's config.json belongs to its caller, who may create many containers from it, one
 after another or at once. So the file is the same for every container: its name is the
@@ -65,6 +66,22 @@ def user_config(annotations, state_dir):
     if named is not None and not is_ours(named, state_dir):
         return named
     return annotations.get(USER_ANNOTATION)
+
+
+def private_namespaces(spec):
+    """The namespace types the spec gives the container of its own (no path to join)."""
+    linux = (spec or {}).get("linux") or {}
+    return {n.get("type") for n in linux.get("namespaces") or [] if not n.get("path")}
+
+
+def cgroups_mode_for(configured, spec):
+    """The CRIU cgroup mode for a container with this spec. CRIU restores a cgroup namespace
+    as part of its cgroup work, which "ignore" skips: the restored tasks would land in the
+    node's cgroup namespace. A spec with a cgroup namespace of its own gets the runtime's
+    mode (runc's and crun's "soft") instead."""
+    if configured == "ignore" and "cgroup" in private_namespaces(spec):
+        return "runtime"
+    return configured
 
 
 def options(cgroups_mode):

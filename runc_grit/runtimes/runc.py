@@ -97,12 +97,13 @@ class Runc(Runtime):
         rc, _ = procs.run(self.rt.command(rargs), env=hook_env(conf, st, extra),
                           guard=self.rt.guard_job("restore", st) if detach else None)
         elapsed = time.monotonic() - t0
-        ok = rc == 0 and (not detach or self.rt.state(cid) is not None)
+        info = self.rt.state(cid) if rc == 0 and detach else None
+        ok = rc == 0 and (not detach or info is not None)
         reason = None
         if ok and detach:
-            why = postresume.resume_failure(st, pairs is not None)
-            if why:  # the tasks run, but their CUDA state is still checkpointed: not a restore
-                ok, reason = False, "CUDA state not resumed: %s" % why
+            why = restored_problem(st, pairs, info, req.spec)
+            if why:  # the tasks run, but not as a restore of this container may run
+                ok, reason = False, why
         if ok:
             st.update(phase="restored", restore_seconds=elapsed,
                       timings={k: round(v, 3) for k, v in req.timings.items()},
@@ -151,12 +152,11 @@ class Runc(Runtime):
                   "restored_from": image_dir, "phase": "restoring", "root": self.rt.root()})
         rc, _ = procs.run(self.rt.command(self.translate(inv, req.args)),
                           env=hook_env(conf, st, extra))
-        why = postresume.resume_failure(st, pairs is not None) if rc == 0 else None
+        why = restored_problem(st, pairs, self.rt.state(cid), req.spec) if rc == 0 else None
         if why:
             self.rt.force_delete(cid)
             st.remove()
-            raise GritError("restore of %s: CUDA state not resumed: %s" % (cid, why),
-                            kind="restore")
+            raise GritError("restore of %s: %s" % (cid, why), kind="restore")
         if rc == 0:
             st.update(phase="restored")
         elif self.rt.state(cid) is None:
@@ -304,6 +304,41 @@ class _thawed:
 
 # --- the CRIU config, the action script's environment, CRIU itself -------------------------
 
+# OCI namespace type -> /proc/<pid>/ns name
+NS_FILES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt",
+            "user": "user", "cgroup": "cgroup", "time": "time"}
+
+
+def restored_problem(st, pairs, info, spec):
+    """Why a restore whose tasks run is not a restore of this container (or None): their CUDA
+    state still checkpointed (CRIU ignores a failing post-resume), or a namespace the spec
+    gives the container of its own shared with the node."""
+    why = postresume.resume_failure(st, pairs is not None)
+    if why:
+        return "CUDA state not resumed: %s" % why
+    return shared_namespaces((info or {}).get("pid"), spec)
+
+
+def shared_namespaces(pid, spec):
+    """Why the restored init pid is not isolated as spec says (a namespace the spec gives the
+    container of its own that the init shares with runc-grit, i.e. the node), or None."""
+    if not pid:
+        return None
+    shared = []
+    for ns in sorted(criuconf.private_namespaces(spec)):
+        name = NS_FILES.get(ns)
+        try:
+            if name and os.readlink("/proc/%d/ns/%s" % (pid, name)) == \
+                    os.readlink("/proc/self/ns/%s" % name):
+                shared.append(ns)
+        except OSError:
+            continue
+    if shared:
+        return ("the restored process runs in the node's %s namespace%s, where its spec gives "
+                "it its own" % ("/".join(shared), "s" if len(shared) > 1 else ""))
+    return None
+
+
 def criu_config(conf, user, cgroups_mode=None, extra=()):
     return criuconf.content(_config.hook_script(conf), list(conf.criu_options) + list(extra),
                             user, conf.restore_cgroups if cgroups_mode is None else cgroups_mode)
@@ -318,6 +353,8 @@ def prepare_spec(req, cgroups_mode=None, extra=()):
     conf, spec = req.conf, req.spec
     ann = _spec.annotations(spec)
     user = criuconf.user_config(ann, conf.state_dir)
+    if cgroups_mode is None:
+        cgroups_mode = criuconf.cgroups_mode_for(conf.restore_cgroups, spec)
     path = criuconf.ensure(conf.state_dir, criu_config(conf, user, cgroups_mode, extra))
     changes = []
     if ann.get(criuconf.ANNOTATION) != path:

@@ -238,10 +238,14 @@ grit_version() {
 grit_config() {
 	local dir=$1
 	mkdir -p "$dir/state" "$dir/checkpoints"
+	# a node's own signing key, as install/install.sh writes one (signatures are required)
+	[ -s "$dir/signing.key" ] || (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$dir/signing.key" && echo >>"$dir/signing.key")
 	cat >"$dir/config.yaml" <<-EOF
-		# runc-grit's config for runc's bats suite (written by tests/runc-bats/run.sh)
+		# runc-grit's config for runc's bats suite (written by tests/runc-bats/run.sh), a
+		# node's config as install/install.sh writes it, with private dirs
 		runtime: $REAL_RUNC
 		state_dir: $dir/state
+		signing_key: $dir/signing.key
 		checkpoint_roots:
 		  - $dir/checkpoints
 	EOF
