@@ -615,3 +615,49 @@ def test_shared_namespaces_names_what_the_restored_init_shares_with_the_node():
     assert "cgroup/uts namespaces" in why, why
     assert shared_namespaces(os.getpid(), {"linux": {"namespaces": []}}) is None
     assert shared_namespaces(None, spec) is None
+
+
+# --- doctor: what decides GPU migration downtime (advice, never a blocker) ---
+MOUNTINFO = """\
+22 1 252:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+30 22 0:26 / /dev/shm rw,nosuid,nodev shared:2 - tmpfs tmpfs rw,inode64
+41 22 0:40 / /var/lib/grit\\040images rw,relatime shared:9 - tmpfs rg rw,size=104857600k,huge=always
+42 41 0:41 / /var/lib/grit\\040images/nfs rw shared:10 - nfs4 srv:/x rw,vers=4.2
+"""
+
+
+@pytest.mark.parametrize("path,want", [
+    ("/var/lib/runc-grit/checkpoints", ("ext4", "rw")),
+    ("/dev/shm/x", ("tmpfs", "rw,inode64")),
+    ("/var/lib/grit images/a/b", ("tmpfs", "rw,size=104857600k,huge=always")),
+    ("/var/lib/grit images/nfs/c", ("nfs4", "rw,vers=4.2")),
+    ("/var/lib/grit imagesX", ("ext4", "rw")),
+])
+def test_doctor_finds_the_mount_that_holds_a_path(path, want):
+    from runc_grit.node import doctor
+    assert doctor.mount_of(path, MOUNTINFO) == want
+
+
+@pytest.mark.parametrize("text,mode", [("always [madvise] never\n", "madvise"),
+                                       ("[always] madvise never\n", "always"), ("", None)])
+def test_doctor_reads_the_thp_mode(tmp_path, text, mode):
+    from runc_grit.node import doctor
+    (tmp_path / "enabled").write_text(text)
+    assert doctor.thp_mode(str(tmp_path / "enabled")) == mode
+    assert doctor.thp_mode(str(tmp_path / "absent")) is None
+
+
+def test_doctor_speed_advice_names_huge_pages_and_huge_tmpfs(tmp_path):
+    from runc_grit.node import doctor
+    (tmp_path / "thp").write_text("always [madvise] never\n")
+    (tmp_path / "mi").write_text(MOUNTINFO)
+    conf = config.Config(config.merge({"checkpoint_roots": ["/var/lib/grit images"],
+                                       "staging_dir": "/dev/shm/staging"}))
+    checks = {c.name: c for c in doctor.speed_checks(conf, str(tmp_path / "thp"), str(tmp_path / "mi"))}
+    assert not checks["huge pages"].ok and "madvise" in checks["huge pages"].detail
+    assert checks["images: checkpoint root"].ok
+    assert not checks["images: staging_dir"].ok and "tmpfs" in checks["images: staging_dir"].detail
+    assert not any(c.blocker for c in checks.values())
+    (tmp_path / "thp").write_text("[always] madvise never\n")
+    checks = {c.name: c for c in doctor.speed_checks(conf, str(tmp_path / "thp"), str(tmp_path / "mi"))}
+    assert checks["huge pages"].ok

@@ -10,8 +10,11 @@ For each size (GiB of VRAM held by tests/gpu/app.py) and each variant:
   stream  raw, the pages sent by `criu dump --page-server` to `criu page-server` on loopback:
           no dump to disk then read; the receiving side writes the image the restore reads.
 Variants: CRIU binaries (BENCH_CRIUS="4.1=/path 4.2=/path 4.3=/path"; default: the criu on
-PATH), where the images go (BENCH_WHERE="disk tmpfs": /var/tmp, the page cache, no fsync;
-/dev/shm), and `sync` after the dump (BENCH_SYNC=1: what a commit to disk would cost).
+PATH), where the images go (BENCH_WHERE="disk tmpfs hugetmpfs": /var/tmp, the page cache, no
+fsync; /dev/shm; a tmpfs of its own mounted with huge=always, 2 MiB pages for the image files),
+the node's transparent huge page mode for the run (BENCH_THP="madvise always": written to
+/sys/kernel/mm/transparent_hugepage/enabled, the node's mode is put back at the end; default:
+left as it is), and `sync` after the dump (BENCH_SYNC=1: what a commit to disk would cost).
 Prints one JSON line per run and a Markdown table (written to argv[1]).
 Usage: python3 bench/gpu/bench_gpu.py OUT.md 1 4 16
 """
@@ -35,7 +38,27 @@ from runc_grit.gpu.helper import BuiltinHelper  # noqa: E402
 
 from conftest import Env  # noqa: E402
 
-WHERE = {"disk": "/var/tmp", "tmpfs": "/dev/shm"}
+WHERE = {"disk": "/var/tmp", "tmpfs": "/dev/shm", "hugetmpfs": "/mnt/rg-bench-huge"}
+THP = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def thp_mode():
+    with open(THP) as f:
+        return f.read().split("[", 1)[1].split("]", 1)[0]
+
+
+def set_thp(mode):
+    if mode and mode != thp_mode():
+        with open(THP, "w") as f:
+            f.write(mode)
+
+
+def mount_huge_tmpfs():
+    d = WHERE["hugetmpfs"]
+    if not os.path.ismount(d):
+        os.makedirs(d, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "huge=always,size=100g,mode=0700",
+                        "rg-bench-huge", d], check=True)
 
 
 def wait_steps(path, n, timeout=600):
@@ -168,15 +191,22 @@ def variants():
     where = os.environ.get("BENCH_WHERE", "disk").split()
     modes = os.environ.get("BENCH_MODES", "raw grit").split()
     sync = os.environ.get("BENCH_SYNC") == "1"
+    thps = os.environ.get("BENCH_THP", "").split() or [None]
     out = []
-    for w in where:
-        for ver, path in crius:
-            for mode in modes:
-                out.append({"mode": mode, "criu": ver, "criu_path": path, "where": w, "sync": sync})
+    for thp in thps:
+        for w in where:
+            for ver, path in crius:
+                for mode in modes:
+                    out.append({"mode": mode, "criu": ver, "criu_path": path, "where": w,
+                                "sync": sync, "thp": thp})
     return out
 
 
 def run(gib, v):
+    if v["where"] == "hugetmpfs":
+        mount_huge_tmpfs()
+    set_thp(v.get("thp"))
+    v["thp"] = thp_mode()
     work = os.path.join(WHERE[v["where"]], "rg-bench-%d" % gib)
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
@@ -190,15 +220,16 @@ def run(gib, v):
 
 def plan(sizes):
     """(GiB, variant) runs: every size with every variant, or BENCH_PLAN's list of
-    SIZE:MODE:CRIU:WHERE (CRIU: a name in BENCH_CRIUS)."""
+    SIZE:MODE:CRIU:WHERE[:THP] (CRIU: a name in BENCH_CRIUS)."""
     if not os.environ.get("BENCH_PLAN"):
         return [(gib, v) for gib in sizes for v in variants()]
     crius = dict(kv.split("=", 1) for kv in os.environ.get("BENCH_CRIUS", "").split() if "=" in kv)
     out = []
     for item in os.environ["BENCH_PLAN"].split():
-        gib, mode, criu, where = item.split(":")
+        gib, mode, criu, where, thp = (item.split(":") + [None])[:5]
         out.append((int(gib), {"mode": mode, "criu": criu, "criu_path": crius.get(criu, "criu"),
-                               "where": where, "sync": os.environ.get("BENCH_SYNC") == "1"}))
+                               "where": where, "sync": os.environ.get("BENCH_SYNC") == "1",
+                               "thp": thp}))
     return out
 
 
@@ -206,19 +237,25 @@ def main():
     out = sys.argv[1]
     sizes = [int(x) for x in sys.argv[2:]] or [1, 4, 16]
     rows = []
-    for gib, v in plan(sizes):
-        try:
-            r = run(gib, v)
-        except Exception as e:  # noqa: BLE001 - a failed variant is a row too
-            r = {"error": str(e)[-300:]}
-        print(json.dumps({"gib": gib, "variant": v, "result": r}), flush=True)
-        rows.append((gib, v, r))
-    lines = ["| VRAM | path | CRIU | images | checkpoint | restore | downtime | image | GB/s (image / downtime) | detail |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    node_thp = thp_mode()
+    try:
+        for gib, v in plan(sizes):
+            try:
+                r = run(gib, v)
+            except Exception as e:  # noqa: BLE001 - a failed variant is a row too
+                r = {"error": str(e)[-300:]}
+            print(json.dumps({"gib": gib, "variant": v, "result": r}), flush=True)
+            rows.append((gib, v, r))
+    finally:
+        set_thp(node_thp)
+        if os.path.ismount(WHERE["hugetmpfs"]):
+            subprocess.run(["umount", WHERE["hugetmpfs"]], check=False)
+    lines = ["| VRAM | path | CRIU | images | THP | checkpoint | restore | downtime | image | GB/s (image / downtime) | detail |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for gib, v, r in rows:
         if "error" in r:
-            lines.append("| %d GiB | %s | %s | %s | failed: %s | | | | | |" % (
-                gib, v["mode"], v["criu"], v["where"], r["error"].replace("|", "/")))
+            lines.append("| %d GiB | %s | %s | %s | %s | failed: %s | | | | | |" % (
+                gib, v["mode"], v["criu"], v["where"], v.get("thp"), r["error"].replace("|", "/")))
             continue
         down = r["checkpoint"] + r["restore"]
         if v["mode"] == "grit":
@@ -233,8 +270,9 @@ def main():
         else:
             detail = "CUDA ckpt %.2f s, criu dump %.2f s; criu restore %.2f s, CUDA restore %.2f s" % (
                 r["cuda_ckpt"], r["criu_dump"], r["criu_restore"], r["cuda_restore"])
-        lines.append("| %d GiB | %s | %s | %s%s | %.2f s | %.2f s | %.2f s | %.1f GB | %.2f | %s |" % (
-            gib, v["mode"], v["criu"], v["where"], " + sync" if v["sync"] else "", r["checkpoint"],
+        lines.append("| %d GiB | %s | %s | %s%s | %s | %.2f s | %.2f s | %.2f s | %.1f GB | %.2f | %s |" % (
+            gib, v["mode"], v["criu"], v["where"], " + sync" if v["sync"] else "", v.get("thp"),
+            r["checkpoint"],
             r["restore"], down, r["image"] / 1e9, r["image"] / 1e9 / down, detail))
     text = "\n".join(lines) + "\n"
     print(text)

@@ -73,6 +73,7 @@ def run_checks():
     except OSError as e:
         checks.append(Check("state_dir", False, "%s: %s" % (conf.state_dir, e.strerror)))
     checks += _trust_checks(conf)
+    checks += speed_checks(conf)
     roots = [r for r in conf.checkpoint_roots if os.path.isdir(r)]
     checks.append(Check("checkpoint_roots", bool(roots),
                         ", ".join(conf.checkpoint_roots) + ("" if roots else " (none exists yet)"),
@@ -122,6 +123,60 @@ def _trust_checks(conf):
         "none": "none: in place, root-only local dirs only",
         "auto": "auto: in place from root-only local dirs, else a copy into %s" % conf.staging_dir,
     }[conf.staging], blocker=False))
+    return out
+
+
+THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def thp_mode(path=THP_ENABLED):
+    """The node's transparent huge page mode ("always", "madvise", "never"), or None."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else None
+
+
+def mount_of(path, mountinfo):
+    """(fstype, super options) of the mount that holds path, from /proc/self/mountinfo's text."""
+    path = os.path.realpath(path)
+    best = None
+    for line in mountinfo.splitlines():
+        pre, sep, post = line.partition(" - ")
+        fields, tail = pre.split(), post.split()
+        if not sep or len(fields) < 5 or len(tail) < 3:
+            continue
+        mnt = fields[4].replace("\\040", " ")
+        if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and \
+                (best is None or len(mnt) >= len(best[0])):
+            best = (mnt, tail[0], tail[2])
+    return (best[1], best[2]) if best else (None, "")
+
+
+def speed_checks(conf, thp_path=THP_ENABLED, mountinfo_path="/proc/self/mountinfo"):
+    """What decides GPU migration downtime on this node (bench/results/gpu-h200-thp.md): huge
+    pages for the process memory CUDA and CRIU fill, and for the image files. Advice only."""
+    mode = thp_mode(thp_path)
+    out = [Check("huge pages", mode == "always",
+                 "transparent_hugepage=%s%s" % (mode, "" if mode == "always" else
+                                                ": 'always' cut a 16 GiB GPU migration's "
+                                                "downtime by a third on the H200 (README, "
+                                                "\"GPU migration downtime\")"),
+                 blocker=False)]
+    try:
+        with open(mountinfo_path) as f:
+            info = f.read()
+    except OSError:
+        return out
+    for name, d in [("checkpoint root", r) for r in conf.checkpoint_roots] + \
+            [("staging_dir", conf.staging_dir)]:
+        fstype, opts = mount_of(d, info)
+        huge = fstype == "tmpfs" and any(o in opts.split(",") for o in ("huge=always", "huge=within_size"))
+        out.append(Check("images: " + name, huge, "%s on %s%s" % (
+            d, fstype, "" if huge else " (a tmpfs with huge=always writes and reads "
+            "images fastest)"), blocker=False))
     return out
 
 
