@@ -221,3 +221,26 @@ def test_killed_during_a_paused_containers_checkpoint_leaves_it_running(gpuenv):
     n = len(out.ints())
     assert out.wait_for(lambda r: len(r.ints()) >= n + 3), "the source stopped counting"
     assert not os.path.exists(os.path.join(e.ckroot, "kd", "grit-manifest.json"))
+
+
+def test_cuda_steps_of_all_processes_run_at_once(gpuenv):
+    """The driver copies each process's memory on its own: two processes' checkpoints (and
+    restores) start together, so the pair takes about as long as one (issue 17, overlap)."""
+    e = gpuenv
+    os.makedirs(e.fake_dir, exist_ok=True)
+    for action in ("checkpoint", "restore"):
+        with open(os.path.join(e.fake_dir, "slow-" + action), "w") as f:
+            f.write("1.5")
+    b, out = start(e, "src", "src")
+    image = os.path.join(e.ckroot, "gpu")
+    checkpoint(e, b, "src", image)
+    out.closed()
+    e.grit.run(b, "delete", "src")
+    b2, out2 = start(e, "dst", "dst", {"grit.dev/restore-from": image}, os.path.join(b, "rootfs"))
+    assert_continues(out.ints(), out2.ints())
+    for action in ("checkpoint", "restore"):
+        t = sorted(c["t"] for c in calls(e) if c["action"] == action)
+        assert len(t) == 2
+        # one after the other, the second would start 1.5 s after the first
+        assert t[1] - t[0] < 1.0, (action, t)
+    assert all(fake_state(p) == "running" for p in cuda_pids(e, "dst"))

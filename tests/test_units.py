@@ -661,3 +661,47 @@ def test_doctor_speed_advice_names_huge_pages_and_huge_tmpfs(tmp_path):
     (tmp_path / "thp").write_text("[always] madvise never\n")
     checks = {c.name: c for c in doctor.speed_checks(conf, str(tmp_path / "thp"), str(tmp_path / "mi"))}
     assert checks["huge pages"].ok
+
+
+# --- GPU: every process's CUDA step at once ---
+def test_gpu_steps_run_for_every_process_at_once():
+    import threading
+    from runc_grit.gpu import helper
+    barrier = threading.Barrier(3, timeout=5)   # passes only if the three steps overlap
+    seen = []
+    assert helper.for_each([3, 1, 2], lambda p: (barrier.wait(), seen.append(p))) == [3, 1, 2]
+    assert sorted(seen) == [1, 2, 3]
+
+
+def test_gpu_step_failure_is_raised_after_every_step_ended():
+    import time as _time
+    from runc_grit.gpu import helper
+    ended = []
+
+    def step(p):
+        if p == 2:
+            raise GritError("pid 2: checkpoint failed", kind="gpu")
+        _time.sleep(0.2)
+        ended.append(p)
+
+    with pytest.raises(GritError, match="pid 2"):
+        helper.for_each([1, 2, 3], step)
+    assert sorted(ended) == [1, 3]
+
+
+@pytest.mark.parametrize("holders,cuda,refused", [
+    ({11, 12}, {11: "running", 12: "running"}, None),       # every holder is a CUDA process
+    ({11, 12}, {11: "running"}, "pid 12 holds"),           # 12: context not created yet
+    (set(), {}, None),                                      # no GPU at all
+    ({13}, {}, "pid 13 holds"),                             # an NVML-only client
+])
+def test_pre_dump_refuses_a_gpu_client_the_driver_cannot_checkpoint(monkeypatch, holders, cuda, refused):
+    from runc_grit.gpu import discovery, predump
+    monkeypatch.setattr(discovery, "container_pids", lambda init: [10, 11, 12, 13])
+    monkeypatch.setattr(discovery, "holds_nvidia_device", lambda p: p in holders)
+    if refused is None:
+        predump.refuse_uncheckpointable(10, cuda)
+    else:
+        with pytest.raises(GritError, match=refused) as e:
+            predump.refuse_uncheckpointable(10, cuda)
+        assert e.value.kind == "gpu" and "CRIU cannot dump it" in e.value.message

@@ -7,6 +7,9 @@ For each size (GiB of VRAM held by tests/gpu/app.py) and each variant:
           restore-on-create `runc-grit create` wall time into a new container (staging copy,
           signature and digests, privilege check, CRIU, the post-resume CUDA restore).
           Downtime = checkpoint + restore.
+  grit2   grit with the VRAM split between two CUDA processes, a parent and its child (the
+          app's APP_CHILD=1), each holding half: runc-grit checkpoints and restores them at
+          once.
   stream  raw, the pages sent by `criu dump --page-server` to `criu page-server` on loopback:
           no dump to disk then read; the receiving side writes the image the restore reads.
 Variants: CRIU binaries (BENCH_CRIUS="4.1=/path 4.2=/path 4.3=/path"; default: the criu on
@@ -139,21 +142,49 @@ def raw(size_gib, work, criu="criu", stream=False, sync=False):
     return r
 
 
-def grit(size_gib, work, criu=None, sync=False):
+def grit(size_gib, work, criu=None, sync=False, procs=1):
     conf = {"cuda": {"lock_timeout_ms": 20000}, "staging_dir": os.path.join(work, "staging")}
     if criu and criu != "criu":
         conf["criu"] = criu
     e = Env(os.path.join(work, "g"), conf)
+    img = os.path.join(e.ckroot, "img")
+    bundles = {}
+    try:
+        return _grit(e, size_gib, work, img, bundles, sync, procs)
+    except AssertionError as ex:  # with what CRIU said, when it said something
+        raise RuntimeError("%s %s" % (ex, criu_errors(img + "-w"))) from None
+    finally:
+        for cid, b in bundles.items():
+            e.grit.run(b, "delete", "--force", cid)
+        e.cleanup()
+        shutil.rmtree(img, ignore_errors=True)
+
+
+def criu_errors(work_dir):
+    out = []
+    for name in ("dump.log", "restore.log"):
+        try:
+            with open(os.path.join(work_dir, name)) as f:
+                out += [ln.strip() for ln in f if "Error" in ln][-4:]
+        except OSError:
+            pass
+    return out
+
+
+def _grit(e, size_gib, work, img, bundles, sync, procs):
     logs = os.path.join(work, "logs")
     os.makedirs(logs)
-    env = {"APP_MIB": str(size_gib * 1024), "APP_TICK": "0.05"}
-    b = make_gpu_bundle(os.path.join(e.dir, "src"), logs, "g.log", env)
+    env = {"APP_MIB": str(size_gib * 1024 // procs), "APP_TICK": "0.05"}
+    if procs == 2:
+        env["APP_CHILD"] = "1"
+    b = bundles["src"] = make_gpu_bundle(os.path.join(e.dir, "src"), logs, "g.log", env)
     p, _ = e.grit.create_with_pipes(b, "src")
     assert p.returncode == 0, e.grit.log_error(b)
     e.grit.run(b, "start", "src")
     log = os.path.join(logs, "g.log")
     wait_steps(log, 3)
-    img = os.path.join(e.ckroot, "img")
+    if procs == 2:
+        wait_steps(log + ".child", 3)
     r = {}
     t = time.monotonic()
     p = e.grit.run(b, "checkpoint", "--image-path", img, "--work-path", img + "-w", "src", timeout=900)
@@ -165,8 +196,10 @@ def grit(size_gib, work, criu=None, sync=False):
     r["timings"] = m["timings"]
     r["image"] = du(img)
     e.grit.run(b, "delete", "src")
+    del bundles["src"]
     s = max(read_steps(log))
-    b2 = make_gpu_bundle(os.path.join(e.dir, "dst"), logs, "g.log", env, {"grit.dev/restore-from": img})
+    b2 = bundles["dst"] = make_gpu_bundle(os.path.join(e.dir, "dst"), logs, "g.log", env,
+                                          {"grit.dev/restore-from": img})
     t = time.monotonic()
     p, _ = e.grit.create_with_pipes(b2, "dst")
     r["restore"] = time.monotonic() - t
@@ -179,9 +212,6 @@ def grit(size_gib, work, criu=None, sync=False):
                                 staged=state.get("staged"), **state.get("timings", {}))
     after = wait_steps(log, s + 2)
     r["resumed_at"] = [s, after]
-    e.grit.run(b2, "delete", "--force", "dst")
-    e.cleanup()
-    shutil.rmtree(img)
     return r
 
 
@@ -211,8 +241,8 @@ def run(gib, v):
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     try:
-        if v["mode"] == "grit":
-            return grit(gib, work, v["criu_path"], v["sync"])
+        if v["mode"] in ("grit", "grit2"):
+            return grit(gib, work, v["criu_path"], v["sync"], procs=2 if v["mode"] == "grit2" else 1)
         return raw(gib, work, v["criu_path"], stream=v["mode"] == "stream", sync=v["sync"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -258,7 +288,7 @@ def main():
                 gib, v["mode"], v["criu"], v["where"], v.get("thp"), r["error"].replace("|", "/")))
             continue
         down = r["checkpoint"] + r["restore"]
-        if v["mode"] == "grit":
+        if v["mode"] in ("grit", "grit2"):
             t = r["timings"]
             rt = r["restore_timings"]
             detail = ("CUDA ckpt %.2f s (in pre-dump), manifest %.2f s; restore: %s + verify "

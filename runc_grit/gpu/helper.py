@@ -9,6 +9,35 @@ import subprocess
 from runc_grit.errors import GritError
 
 
+def for_each(pids, step):
+    """step(pid) for every pid at once, one thread each: the driver copies each process's
+    memory on its own, so N processes take about as long as the largest, not the sum. Waits
+    for all; returns the pids whose step succeeded, then raises the first failure (so that
+    no step is left running behind an error)."""
+    import threading
+    pids = list(pids)
+    if len(pids) <= 1:
+        for p in pids:
+            step(p)
+        return pids
+    errors = {}
+
+    def run(p):
+        try:
+            step(p)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            errors[p] = e
+
+    threads = [threading.Thread(target=run, args=(p,), daemon=True) for p in pids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[sorted(errors)[0]]
+    return pids
+
+
 def _die_with_parent():
     from runc_grit.node.procs import _pdeathsig
     _pdeathsig()

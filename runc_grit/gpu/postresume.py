@@ -96,9 +96,9 @@ def post_resume(init_pid, st, conf, image_dir=None, log=None, pairs=None):
         # source GPU's node is there, the destination's is not, and the driver cannot open
         # the GPU it remaps onto. Make /dev hold the GPUs of this container's spec.
         sync_gpu_nodes(init_pid, (st.read() or {}).get("bundle"))
-    for p, s in states.items():
-        if s == "checkpointed":
-            helper.restore(p, pairs)
+    # all at once: the driver copies each process's memory back on its own
+    _helper.for_each([p for p, s in states.items() if s == "checkpointed"],
+                     lambda p: helper.restore(p, pairs))
     t1 = time.monotonic()
     for p in states:
         if helper.state(p) == "locked":

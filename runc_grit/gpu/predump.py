@@ -24,6 +24,20 @@ def may_have_cuda(init_pid, conf):
                                       for p in discovery.container_pids(init_pid))
 
 
+def refuse_uncheckpointable(init_pid, cuda):
+    """A process that holds an NVIDIA device open but that the driver does not report as a
+    CUDA process (one still creating its context, or a GPU client CUDA's checkpoint does not
+    cover) keeps the device open through the dump, and CRIU cannot dump it. Say so before
+    anything is locked, instead of CRIU's "Dumping FAILED"."""
+    others = [p for p in discovery.container_pids(init_pid)
+              if p not in cuda and discovery.holds_nvidia_device(p)]
+    if others:
+        raise GritError("pid %s holds an NVIDIA device open but is not a CUDA process the "
+                        "driver can checkpoint (still initialising CUDA, or a GPU client "
+                        "such as NVML): CRIU cannot dump it; checkpoint once it runs CUDA"
+                        % ", ".join(map(str, others)), kind="gpu")
+
+
 def pre_dump(init_pid, st, conf, log=None):
     """Lock, then checkpoint, every CUDA process of the container. Idempotent."""
     if records.done(st, "pre-dump", init_pid):
@@ -42,6 +56,7 @@ def pre_dump(init_pid, st, conf, log=None):
         return []
     t_helper = time.monotonic()
     cuda = discovery.cuda_states(helper, init_pid)
+    refuse_uncheckpointable(init_pid, cuda)
     rec = records.read_record(st)
     rec.update({"init_pid": int(init_pid), "helper": helper.name,
                 "processes": {str(p): {"state_before": s} for p, s in cuda.items()},
@@ -67,10 +82,10 @@ def pre_dump(init_pid, st, conf, log=None):
             rec["processes"][str(p)]["locked"] = True
             records.write_record(st, rec)
     t2 = time.monotonic()
-    for p in cuda:
-        if helper.state(p) == "locked":
-            helper.checkpoint(p)
-            rec["processes"][str(p)]["checkpointed"] = True
+    locked = [p for p in cuda if helper.state(p) == "locked"]
+    _helper.for_each(locked, helper.checkpoint)  # all at once: as long as the largest
+    for p in locked:
+        rec["processes"][str(p)]["checkpointed"] = True
     t3 = time.monotonic()
     for p in cuda:
         s = helper.state(p)
