@@ -697,11 +697,10 @@ def test_gpu_step_failure_is_raised_after_every_step_ended():
 ])
 def test_pre_dump_refuses_a_gpu_client_the_driver_cannot_checkpoint(monkeypatch, holders, cuda, refused):
     from runc_grit.gpu import discovery, predump
-    monkeypatch.setattr(discovery, "container_pids", lambda init: [10, 11, 12, 13])
     monkeypatch.setattr(discovery, "holds_nvidia_device", lambda p: p in holders)
     if refused is None:
-        predump.refuse_uncheckpointable(10, cuda)
+        predump.refuse_uncheckpointable([10, 11, 12, 13], cuda)
     else:
         with pytest.raises(GritError, match=refused) as e:
-            predump.refuse_uncheckpointable(10, cuda)
+            predump.refuse_uncheckpointable([10, 11, 12, 13], cuda)
         assert e.value.kind == "gpu" and "CRIU cannot dump it" in e.value.message

@@ -70,10 +70,11 @@ def holds_nvidia_device(pid):
     return False
 
 
-def cuda_states(helper, init_pid):
-    """{pid: CUDA state} of the container's processes the helper knows as CUDA processes."""
+def cuda_states(helper, init_pid, pids=None):
+    """{pid: CUDA state} of the container's processes (pids: already listed) the helper knows
+    as CUDA processes."""
     out = {}
-    for p in container_pids(init_pid):
+    for p in container_pids(init_pid) if pids is None else pids:
         s = helper.state(p)
         if s is not None:
             out[p] = s

@@ -24,13 +24,12 @@ def may_have_cuda(init_pid, conf):
                                       for p in discovery.container_pids(init_pid))
 
 
-def refuse_uncheckpointable(init_pid, cuda):
+def refuse_uncheckpointable(pids, cuda):
     """A process that holds an NVIDIA device open but that the driver does not report as a
     CUDA process (one still creating its context, or a GPU client CUDA's checkpoint does not
     cover) keeps the device open through the dump, and CRIU cannot dump it. Say so before
     anything is locked, instead of CRIU's "Dumping FAILED"."""
-    others = [p for p in discovery.container_pids(init_pid)
-              if p not in cuda and discovery.holds_nvidia_device(p)]
+    others = [p for p in pids if p not in cuda and discovery.holds_nvidia_device(p)]
     if others:
         raise GritError("pid %s holds an NVIDIA device open but is not a CUDA process the "
                         "driver can checkpoint (still initialising CUDA, or a GPU client "
@@ -55,8 +54,9 @@ def pre_dump(init_pid, st, conf, log=None):
         records.mark(st, "pre-dump", init_pid)
         return []
     t_helper = time.monotonic()
-    cuda = discovery.cuda_states(helper, init_pid)
-    refuse_uncheckpointable(init_pid, cuda)
+    pids = discovery.container_pids(init_pid)
+    cuda = discovery.cuda_states(helper, init_pid, pids)
+    refuse_uncheckpointable(pids, cuda)
     rec = records.read_record(st)
     rec.update({"init_pid": int(init_pid), "helper": helper.name,
                 "processes": {str(p): {"state_before": s} for p, s in cuda.items()},
