@@ -12,8 +12,8 @@ from runc_grit.errors import GritError
 def for_each(pids, step):
     """step(pid) for every pid at once, one thread each: the driver copies each process's
     memory on its own, so N processes take about as long as the largest, not the sum. Waits
-    for all; returns the pids whose step succeeded, then raises the first failure (so that
-    no step is left running behind an error)."""
+    for every step, then raises the failure of the lowest pid if any failed (no step is left
+    running behind an error); returns the pids."""
     import threading
     pids = list(pids)
     if len(pids) <= 1:

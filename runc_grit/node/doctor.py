@@ -161,8 +161,8 @@ def speed_checks(conf, thp_path=THP_ENABLED, mountinfo_path="/proc/self/mountinf
     mode = thp_mode(thp_path)
     out = [Check("huge pages", mode == "always",
                  "transparent_hugepage=%s%s" % (mode, "" if mode == "always" else
-                                                ": 'always' cut a 16 GiB GPU migration's "
-                                                "downtime by a third on the H200 (README, "
+                                                ": 'always' took a 16 GiB GPU migration from "
+                                                "27.4 s to 22.1 s on the H200 (README, "
                                                 "\"GPU migration downtime\")"),
                  blocker=False)]
     try:
