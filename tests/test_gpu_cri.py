@@ -21,7 +21,7 @@ from ctrd import (
     cri_session,
     grit_wrapper,
 )
-from gpu.gpuctr import APP_DIR, read_steps
+from gpu.gpuctr import APP_DIR, read_steps, wait_steps
 from test_cri_checkpoint import commands
 from test_gpu_device import _gpu_missing, reference
 
@@ -104,22 +104,12 @@ def gpu_container(cri, name, image, log_dir, gpus=None):
     return pod, cid
 
 
-def wait_step(path, n, timeout=300):
-    end = time.time() + timeout
-    while time.time() < end:
-        s = read_steps(path)
-        if s and max(s) >= n:
-            return max(s)
-        time.sleep(0.2)
-    raise AssertionError("%s did not reach step %d" % (path, n))
-
-
 def test_torch_job_checkpointed_through_cri_restores_bit_identical(gcri, workdir):
     cri = gcri
     log = os.path.join(cri.logs, "g.log")
     pod1, c1 = gpu_container(cri, "src", cri.ref, os.path.join(workdir, "pod1"))
     cri.start(c1)
-    wait_step(log, 10)
+    wait_steps(log, 10, timeout=300)
     archive = os.path.join(workdir, "ckpt.tar")
     t = time.monotonic()
     cri.checkpoint(c1, archive, timeout=600)
@@ -137,7 +127,7 @@ def test_torch_job_checkpointed_through_cri_restores_bit_identical(gcri, workdir
     t = time.monotonic()
     cri.start(c2)
     restore_s = time.monotonic() - t
-    wait_step(log, at + 20)
+    wait_steps(log, at + 20, timeout=300)
     got = read_steps(log)
     last, first = max(got), min(got)
     assert 10 <= first <= at + 1, (first, at)
@@ -167,7 +157,7 @@ def test_cri_restore_onto_the_gpu_the_new_pod_was_given(gcri, workdir):
     log = os.path.join(cri.logs, "g.log")
     pod1, c1 = gpu_container(cri, "src", cri.ref, os.path.join(workdir, "pod1"), gpus=[0])
     cri.start(c1)
-    wait_step(log, 10)
+    wait_steps(log, 10, timeout=300)
     archive = os.path.join(workdir, "ckpt.tar")
     cri.checkpoint(c1, archive, timeout=600)
     at = max(read_steps(log))
@@ -177,7 +167,7 @@ def test_cri_restore_onto_the_gpu_the_new_pod_was_given(gcri, workdir):
     open(log, "w").close()
     pod2, c2 = gpu_container(cri, "dst", archive, os.path.join(workdir, "pod2"), gpus=[1])
     cri.start(c2)
-    last = wait_step(log, at + 15)
+    last = wait_steps(log, at + 15, timeout=300)
     p = subprocess.run(GRIT_STATE + [c2], capture_output=True, env=cri.grit.env, timeout=60)
     import json
     pid = json.loads(p.stdout)["pid"]

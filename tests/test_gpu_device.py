@@ -12,7 +12,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu.gpuctr import APP_DIR, make_gpu_bundle, read_steps
+from gpu.gpuctr import APP_DIR, make_gpu_bundle, read_steps, wait_steps
 
 from conftest import Env
 
@@ -51,16 +51,6 @@ def g(workdir):
 def helper():
     from runc_grit.gpu.helper import BuiltinHelper
     return BuiltinHelper()
-
-
-def wait_steps(path, n, timeout=120):
-    end = time.time() + timeout
-    while time.time() < end:
-        s = read_steps(path)
-        if s and max(s) >= n:
-            return s
-        time.sleep(0.2)
-    raise AssertionError("%s did not reach step %d: %s" % (path, n, max(read_steps(path) or [0])))
 
 
 def start(e, name, cid, log, ann=None, env=None, devices=None):

@@ -35,7 +35,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-from gpu.gpuctr import APP_DIR, make_gpu_bundle, read_steps  # noqa: E402
+from gpu.gpuctr import APP_DIR, make_gpu_bundle, read_steps, wait_steps  # noqa: E402
 
 from runc_grit.gpu.helper import BuiltinHelper  # noqa: E402
 
@@ -64,16 +64,6 @@ def mount_huge_tmpfs():
                         "rg-bench-huge", d], check=True)
 
 
-def wait_steps(path, n, timeout=600):
-    end = time.time() + timeout
-    while time.time() < end:
-        s = read_steps(path)
-        if s and max(s) >= n:
-            return max(s)
-        time.sleep(0.05)
-    raise RuntimeError("no progress in %s" % path)
-
-
 def du(path):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
@@ -83,7 +73,7 @@ def start_app(size_gib, log):
     p = subprocess.Popen([sys.executable, os.path.join(APP_DIR, "app.py"), log], env=env,
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_steps(log, 3)
+    wait_steps(log, 3, timeout=600)
     return p
 
 
@@ -134,7 +124,7 @@ def raw(size_gib, work, criu="criu", stream=False, sync=False):
     r["criu_restore"] = time.monotonic() - t
     t = time.monotonic(); h.restore(p.pid); h.unlock(p.pid); r["cuda_restore"] = time.monotonic() - t
     s = max(read_steps(log))
-    wait_steps(log, s + 2)
+    wait_steps(log, s + 2, timeout=600)
     os.kill(p.pid, signal.SIGKILL)
     shutil.rmtree(img)
     r["checkpoint"] = r["cuda_ckpt"] + r["criu_dump"]
@@ -182,9 +172,9 @@ def _grit(e, size_gib, work, img, bundles, sync, procs):
     assert p.returncode == 0, e.grit.log_error(b)
     e.grit.run(b, "start", "src")
     log = os.path.join(logs, "g.log")
-    wait_steps(log, 3)
+    wait_steps(log, 3, timeout=600)
     if procs == 2:
-        wait_steps(log + ".child", 3)
+        wait_steps(log + ".child", 3, timeout=600)
     r = {}
     t = time.monotonic()
     p = e.grit.run(b, "checkpoint", "--image-path", img, "--work-path", img + "-w", "src", timeout=900)
@@ -210,7 +200,7 @@ def _grit(e, size_gib, work, img, bundles, sync, procs):
     r["restore_timings"] = dict(json.load(open(os.path.join(st_dir, "cuda-restore.json")))["timings"],
                                 runtime_restore_s=state.get("restore_seconds"),
                                 staged=state.get("staged"), **state.get("timings", {}))
-    after = wait_steps(log, s + 2)
+    after = wait_steps(log, s + 2, timeout=600)
     r["resumed_at"] = [s, after]
     return r
 

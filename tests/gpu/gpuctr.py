@@ -53,6 +53,18 @@ def make_gpu_bundle(path, logs, log_name, env, annotations=None, devices=None):
     return path
 
 
+def wait_steps(path, n, timeout=120):
+    """Wait until the app log at path reaches step n; returns the highest step logged."""
+    import time
+    end = time.time() + timeout
+    while time.time() < end:
+        s = read_steps(path)
+        if s and max(s) >= n:
+            return max(s)
+        time.sleep(0.2)
+    raise AssertionError("%s did not reach step %d: %s" % (path, n, max(read_steps(path) or [0])))
+
+
 def read_steps(path):
     """{step: (val, pid)} from an app log; later lines win."""
     out = {}
