@@ -634,8 +634,17 @@ MOUNTINFO = """\
     ("/var/lib/grit imagesX", ("ext4", "rw")),
 ])
 def test_doctor_finds_the_mount_that_holds_a_path(path, want):
-    from runc_grit.node import doctor
-    assert doctor.mount_of(path, MOUNTINFO) == want
+    from runc_grit.checkpoint import staging
+    assert staging.mount_of(path, MOUNTINFO) == want
+
+
+def test_the_visible_mount_of_a_stacked_point_decides():
+    """An NFS mounted over a local checkpoint root is what the root holds: it must never pass
+    for the local filesystem below it (staging would trust it in place)."""
+    from runc_grit.checkpoint import staging
+    stacked = MOUNTINFO + "50 22 0:50 / /var/lib/ckpt rw - ext4 /dev/vdb rw\n" \
+                          "51 22 0:51 / /var/lib/ckpt rw - nfs4 srv:/c rw\n"
+    assert staging.mount_of("/var/lib/ckpt/a", stacked) == ("nfs4", "rw")
 
 
 @pytest.mark.parametrize("text,mode", [("always [madvise] never\n", "madvise"),

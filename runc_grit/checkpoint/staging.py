@@ -98,19 +98,32 @@ SHARED_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "9p", "glusterfs", 
              "afs", "virtiofs", "fuse")
 
 
+def mount_of(path, mountinfo=None):
+    """(fstype, super options) of the mount that holds path, from /proc/self/mountinfo's text
+    (read when not given); of mounts stacked on one point, the last (the visible one) wins."""
+    if mountinfo is None:
+        try:
+            with open("/proc/self/mountinfo") as f:
+                mountinfo = f.read()
+        except OSError:
+            return None, ""
+    path = os.path.realpath(path)
+    best = None
+    for line in mountinfo.splitlines():
+        pre, sep, post = line.partition(" - ")
+        fields, tail = pre.split(), post.split()
+        if not sep or len(fields) < 5 or len(tail) < 3:
+            continue
+        mnt = fields[4].replace("\\040", " ")
+        if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and \
+                (best is None or len(mnt) >= len(best[0])):
+            best = (mnt, tail[0], tail[2])
+    return (best[1], best[2]) if best else (None, "")
+
+
 def fs_type(path):
-    """The filesystem type of the mount holding path (/proc/self/mountinfo)."""
-    best, kind = "", None
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for ln in f:
-                left, _, right = ln.partition(" - ")
-                point = left.split()[4].replace("\\040", " ")
-                if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
-                    best, kind = point, right.split()[0]
-    except OSError:
-        pass
-    return kind
+    """The filesystem type of the mount holding path."""
+    return mount_of(path)[0]
 
 
 def in_place_problem(image_dir, root):

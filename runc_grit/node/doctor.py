@@ -139,25 +139,10 @@ def thp_mode(path=THP_ENABLED):
     return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else None
 
 
-def mount_of(path, mountinfo):
-    """(fstype, super options) of the mount that holds path, from /proc/self/mountinfo's text."""
-    path = os.path.realpath(path)
-    best = None
-    for line in mountinfo.splitlines():
-        pre, sep, post = line.partition(" - ")
-        fields, tail = pre.split(), post.split()
-        if not sep or len(fields) < 5 or len(tail) < 3:
-            continue
-        mnt = fields[4].replace("\\040", " ")
-        if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and \
-                (best is None or len(mnt) >= len(best[0])):
-            best = (mnt, tail[0], tail[2])
-    return (best[1], best[2]) if best else (None, "")
-
-
 def speed_checks(conf, thp_path=THP_ENABLED, mountinfo_path="/proc/self/mountinfo"):
     """What decides GPU migration downtime on this node (bench/results/gpu-h200-thp.md): huge
     pages for the process memory CUDA and CRIU fill, and for the image files. Advice only."""
+    from runc_grit.checkpoint.staging import mount_of
     mode = thp_mode(thp_path)
     out = [Check("huge pages", mode == "always",
                  "transparent_hugepage=%s%s" % (mode, "" if mode == "always" else
