@@ -404,8 +404,11 @@ def test_cri_checkpoint_past_its_deadline_leaves_the_source_running_unlocked(cri
     t0 = time.time()
     with pytest.raises(grpc.RpcError) as err:
         cri.checkpoint(c1, archive, timeout=6)
-    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.value
-    assert time.time() - t0 < 20
+    elapsed = time.time() - t0
+    # the call ends at its 6 s deadline: gRPC says DEADLINE_EXCEEDED, or CANCELLED when
+    # containerd, holding the propagated deadline, resets the stream first (RST_STREAM 8)
+    assert err.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED), err.value
+    assert 5.5 <= elapsed < 20, elapsed
     os.unlink(os.path.join(fake_dir, "slow-checkpoint"))
     calls = [json.loads(ln) for ln in open(os.path.join(fake_dir, "calls.jsonl"))]
     pids = sorted({c["pid"] for c in calls})
