@@ -66,7 +66,9 @@ def _check_installed():
     pkg = installed_package(GRIT_BIN)
     stale = stale_files(pkg) if pkg else ["(not installed)"]
     if stale and os.environ.get("CI") != "true" and os.geteuid() == 0:
-        subprocess.run(["bash", os.path.join(REPO, "install", "install.sh"), "--no-doctor"],
+        # one install at a time: test runs started side by side share /opt/runc-grit/venv
+        subprocess.run(["flock", "/run/lock/runc-grit-install.lock", "bash",
+                        os.path.join(REPO, "install", "install.sh"), "--no-doctor"],
                        stdout=subprocess.DEVNULL, check=False, timeout=600)
         pkg = installed_package(GRIT_BIN)
         stale = stale_files(pkg) if pkg else ["(not installed)"]
