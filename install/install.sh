@@ -5,7 +5,7 @@
 # Running it twice changes nothing. containerd is restarted only with --restart-containerd.
 #
 #   install/install.sh [--destdir DIR] [--venv DIR] [--containerd-version 1|2] [--k3s]
-#                      [--signing-key FILE] [--restart-containerd] [--no-doctor]
+#                      [--signing-key FILE] [--trust FILE]... [--restart-containerd] [--no-doctor]
 #   --destdir DIR   install into a scratch root (tests, image builds); implies --no-doctor
 #   --venv DIR      use this existing venv (with runc-grit installed) instead of making one
 #   --containerd-version 1|2   the containerd the tables are for (default: `containerd --version`,
@@ -13,6 +13,10 @@
 #                   ones when the node's config.toml is still version 2 (containerd 2.x migrates it)
 #   --k3s           also write k3s's template (k3s regenerates config.toml): config.toml.tmpl
 #                   (version 2) for containerd 1.x, config-v3.toml.tmpl for containerd 2.x
+#   --signing-key FILE  install this private key as the node's signing key (default: keep the
+#                   one there, else make an Ed25519 pair, signing.key + signing.pub)
+#   --trust FILE    (repeatable) trust this public key: copied into /etc/runc-grit/trusted.d/,
+#                   so checkpoints its node signed restore here
 # Needs: python3 (>= 3.9) with venv; the runtime dependencies are installed by
 # install/deps.sh (runc, CRIU >= 4.1, iptables), which this script does not run.
 set -euo pipefail
@@ -21,7 +25,7 @@ set -euo pipefail
 # run that tree
 unset PYTHONPATH PYTHONHOME PYTHONUSERBASE
 SRC=$(cd "$(dirname "$0")/.." && pwd)
-DESTDIR= VENV= CTRD_VERSION= K3S=0 RESTART=0 DOCTOR=1 SIGNING_KEY=
+DESTDIR= VENV= CTRD_VERSION= K3S=0 RESTART=0 DOCTOR=1 SIGNING_KEY= TRUST=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --destdir) DESTDIR=$2; DOCTOR=0; shift 2 ;;
@@ -31,6 +35,7 @@ while [ $# -gt 0 ]; do
     --restart-containerd) RESTART=1; shift ;;
     --no-doctor) DOCTOR=0; shift ;;
     --signing-key) SIGNING_KEY=$2; shift 2 ;;
+    --trust) TRUST+=("$2"); shift 2 ;;
     *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -57,21 +62,52 @@ if [ "$(readlink "$DESTDIR$BIN" 2>/dev/null)" != "$VENV/bin/runc-grit" ]; then
   say "linked $BIN -> $VENV/bin/runc-grit"
 fi
 
-# 2. the node's signing key (0600, root): checkpoints are signed with it and restores verify it
-KEY=/etc/runc-grit/signing.key
+# 2. the node's own signing key (Ed25519, 0600, root): its checkpoints are signed with it;
+# restores verify with the public keys the node trusts (trusted.d/*.pub, and its own). The
+# records keep no copy of a private key: only the sha256 of the key file install made, so
+# that uninstall.sh removes that key and no other.
+KEY=/etc/runc-grit/signing.key PUB=/etc/runc-grit/signing.pub TRUSTD=/etc/runc-grit/trusted.d
 mkdir -p "$DESTDIR/etc/runc-grit"
+mkdir -p -m 755 "$DESTDIR$TRUSTD"
+PY=$DESTDIR$VENV/bin/python
+[ -x "$PY" ] || PY=$VENV/bin/python   # --venv names a venv outside the destdir
+sha() { sha256sum < "$1" | cut -d' ' -f1; }
+if [ -e "$REC/signing.key.made" ] && ! grep -q '^sha256:' "$REC/signing.key.made"; then
+  # an older install.sh kept a copy of the key it made: keep only its sha256
+  echo "sha256:$(sha "$REC/signing.key.made")" > "$REC/signing.key.made.tmp"
+  mv -f "$REC/signing.key.made.tmp" "$REC/signing.key.made"
+fi
 if [ -n "$SIGNING_KEY" ]; then
   if ! cmp -s "$SIGNING_KEY" "$DESTDIR$KEY"; then
     (umask 077; cp "$SIGNING_KEY" "$DESTDIR$KEY.tmp") && chmod 600 "$DESTDIR$KEY.tmp" &&
       mv -f "$DESTDIR$KEY.tmp" "$DESTDIR$KEY"
-    say "installed the signing key from $SIGNING_KEY at $KEY"
+    # the public key install made belongs to the key this one replaced
+    if [ -e "$REC/signing.pub.made" ] && cmp -s "$REC/signing.pub.made" "$DESTDIR$PUB"; then
+      rm -f "$DESTDIR$PUB" "$REC/signing.pub.made"
+    fi
+    say "installed the signing key from $SIGNING_KEY at $KEY (id $("$PY" -m runc_grit key-id "$DESTDIR$KEY"))"
   fi
 elif [ ! -e "$DESTDIR$KEY" ]; then
-  (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$DESTDIR$KEY.tmp"; echo >> "$DESTDIR$KEY.tmp")
-  mv -f "$DESTDIR$KEY.tmp" "$DESTDIR$KEY"
-  cp -a "$DESTDIR$KEY" "$REC/signing.key.made"
-  say "made a signing key at $KEY (nodes that exchange checkpoints need the same one: README)"
+  TMPK=$(mktemp -d "$DESTDIR/etc/runc-grit/.keygen.XXXXXX")
+  "$PY" -m runc_grit keygen --out "$TMPK" >/dev/null
+  mv -f "$TMPK/signing.pub" "$DESTDIR$PUB"
+  mv -f "$TMPK/signing.key" "$DESTDIR$KEY"
+  rmdir "$TMPK"
+  echo "sha256:$(sha "$DESTDIR$KEY")" > "$REC/signing.key.made"
+  cp "$DESTDIR$PUB" "$REC/signing.pub.made"
+  say "made an Ed25519 signing key at $KEY (id $("$PY" -m runc_grit key-id "$DESTDIR$PUB")); nodes" \
+      "that restore this node's checkpoints trust $PUB (install.sh --trust)"
 fi
+for t in ${TRUST[@]+"${TRUST[@]}"}; do
+  if grep -q "PRIVATE KEY" "$t" || ! "$PY" -m runc_grit key-id "$t" >/dev/null 2>&1 ||
+     ! grep -q "BEGIN PUBLIC KEY" "$t"; then
+    echo "install.sh: --trust $t: not a PEM public key (runc-grit keygen writes signing.pub)" >&2
+    exit 2
+  fi
+  name=$(basename "$t"); name=${name%.pub}.pub
+  install -m 644 "$t" "$DESTDIR$TRUSTD/$name"
+  say "trusts $TRUSTD/$name (key $("$PY" -m runc_grit key-id "$t"))"
+done
 
 # 3. the node config, only if absent
 CONF=$DESTDIR/etc/runc-grit/config.yaml
@@ -88,7 +124,8 @@ checkpoint_roots:
 state_dir: /run/runc-grit
 on_restore_failure: fail
 # restores run CRIU as root on files a pod points at (docs/security.md):
-signing_key: /etc/runc-grit/signing.key
+signing_key: /etc/runc-grit/signing.key     # this node's own Ed25519 private key (signs)
+trusted_keys: [/etc/runc-grit/trusted.d]    # *.pub of the nodes whose checkpoints restore here
 require_signature: true      # false allows unsigned restores: an explicit choice doctor warns about
 privilege_check: enforce     # the image's credentials, capabilities, seccomp, namespaces vs the spec
 staging: auto                # in place from a root-only local root; a copy from anything else

@@ -139,20 +139,43 @@ class Env:
 
     def write_config(self, extra):
         """The node's config as install/install.sh writes it: signatures required, with this
-        node's own key; a staging dir of its own."""
+        node's own Ed25519 key; trusting the public keys in its trusted.d (none at first: only
+        its own); a staging dir of its own."""
         import yaml
         key = os.path.join(self.dir, "node.key")
         if not os.path.exists(key):
-            with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-                f.write(uuid.uuid4().hex + uuid.uuid4().hex + "\n")
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import ed25519
+            pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption())
+            with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+                f.write(pem)
+        self.trusted_dir = os.path.join(self.dir, "trusted.d")
+        os.makedirs(self.trusted_dir, exist_ok=True)
+        os.chmod(self.trusted_dir, 0o755)
         conf = {"checkpoint_roots": [self.ckroot], "state_dir": self.state_dir,
-                "signing_key": key, "require_signature": True,
+                "signing_key": key, "trusted_keys": [self.trusted_dir], "require_signature": True,
                 "staging_dir": os.path.join(self.dir, "staging")}
         if RUNTIME != "runc":
             conf["runtime"] = RUNTIME
         conf.update(extra)
+        self.signing_key = conf.get("signing_key")
         with open(self.config_path, "w") as f:
             yaml.safe_dump(conf, f)
+
+    def trust(self, other):
+        """This node trusts the checkpoints other signs: other's public key (from its
+        signing_key) in this node's trusted.d. Returns the .pub file's path."""
+        from cryptography.hazmat.primitives import serialization
+        from runc_grit.checkpoint import integrity
+        signer = integrity.load_signer(other.signing_key)
+        path = os.path.join(self.trusted_dir, "%s.pub" % signer.key_id)
+        with open(path, "wb") as f:
+            f.write(signer.public.public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo))
+        os.chmod(path, 0o644)
+        return path
 
     def bundle(self, name, args=None, annotations=None, terminal=False, rootfs_from=None, env=()):
         from runc_grit.oci import bundle as b

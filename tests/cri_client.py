@@ -61,7 +61,7 @@ class CRI:
     def create_container(self, pod_id, pod_config, name, image, command, log_path, envs=None,
                          mounts=(), devices=()):
         """envs: {name: value}; mounts: (host path, container path, readonly); devices: host
-        paths (rwm, the same path inside)."""
+        paths (rwm, the same path inside) or (host path, container path)."""
         pb = self.pb
         ns = pb.NamespaceOption(network=pb.NODE, pid=pb.CONTAINER, ipc=pb.POD)
         cfg = pb.ContainerConfig(
@@ -69,7 +69,8 @@ class CRI:
             command=list(command), log_path=log_path,
             envs=[pb.KeyValue(key=k, value=v) for k, v in (envs or {}).items()],
             mounts=[pb.Mount(host_path=h, container_path=c, readonly=ro) for h, c, ro in mounts],
-            devices=[pb.Device(host_path=d, container_path=d, permissions="rwm") for d in devices],
+            devices=[pb.Device(host_path=h, container_path=c, permissions="rwm")
+                     for h, c in ((d, d) if isinstance(d, str) else d for d in devices)],
             linux=pb.LinuxContainerConfig(
                 security_context=pb.LinuxContainerSecurityContext(namespace_options=ns)))
         return self.rt.CreateContainer(pb.CreateContainerRequest(

@@ -157,13 +157,14 @@ def pull_base(cri):
     return ref, digest[0]
 
 
-def run_counter(cri, name, image, log_dir, script=COUNTER):
+def run_counter(cri, name, image, log_dir, script=COUNTER, devices=()):
     """A pod (handler grit) with one container running `sh -c script`."""
     os.makedirs(log_dir, exist_ok=True)
     cfg = cri.sandbox_config(name, log_dir)
     pod = cri.run_pod(cfg, "grit")
     cri.pods.append(pod)
-    cid = cri.create_container(pod, cfg, "counter", image, ["sh", "-c", script], "counter.log")
+    cid = cri.create_container(pod, cfg, "counter", image, ["sh", "-c", script], "counter.log",
+                               devices=devices)
     return pod, cfg, cid
 
 
@@ -366,7 +367,10 @@ def test_cri_checkpoint_of_a_gpu_container_thaws_it_for_cuda(cri21, workdir):
     n = len(values(log1))
     assert wait(lambda: len(values(log1)) >= n + 3), "the source stopped counting"
 
-    pod2, _, c2 = run_counter(cri, "dst", archive, os.path.dirname(log2))
+    # the new pod is given a GPU (a device node at /dev/nvidia0: a CUDA restore into a spec
+    # that grants none is refused)
+    pod2, _, c2 = run_counter(cri, "dst", archive, os.path.dirname(log2),
+                              devices=[("/dev/null", "/dev/nvidia0")])
     t1 = time.time()
     cri.start(c2)
     assert wait(lambda: len([v for t, v in cri_log(log2) if t >= t1]) >= 3), cri.ctrd.log_tail()

@@ -230,7 +230,7 @@ def test_destination_without_matching_gpu_is_refused(g):
     m = json.load(open(os.path.join(img, manifest.NAME)))
     m["gpu"]["devices"][0]["name"] = "NVIDIA Imaginary 9000"
     from runc_grit.checkpoint import integrity  # re-signed: only the GPU check is left to refuse
-    manifest.write(img, integrity.sign(m, integrity.load_key(os.path.join(g.dir, "node.key"))))
+    manifest.write(img, integrity.load_signer(os.path.join(g.dir, "node.key")).sign(m))
     b2 = make_gpu_bundle(os.path.join(g.dir, "m2"), g.logs, "m.log", {}, {"grit.dev/restore-from": img})
     p, _ = g.grit.create_with_pipes(b2, "m2")
     assert p.returncode == 1

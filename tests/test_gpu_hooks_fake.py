@@ -50,8 +50,14 @@ def cuda_pids(e, cid):
     return [p for p in json.loads(ps.stdout) if fake_state(p) in ("running", "locked", "checkpointed")]
 
 
+# the GPU a fake-CUDA container is granted: a CDI device, as containerd's CRI passes it
+# (a restore of CUDA state into a spec that grants no GPU is refused: gpu.grants)
+GPU_GRANT = {"cdi.k8s.io/gpu": "nvidia.com/gpu=0"}
+
+
 def start(e, name, cid, ann=None, rootfs_from=None):
-    b = e.bundle(name, args=["sh", "-c", WORKLOAD], annotations=ann, rootfs_from=rootfs_from)
+    b = e.bundle(name, args=["sh", "-c", WORKLOAD], annotations=dict(GPU_GRANT, **(ann or {})),
+                 rootfs_from=rootfs_from)
     p, out = e.grit.create_with_pipes(b, cid)
     assert p.returncode == 0, e.grit.log_error(b)
     assert e.grit.run(b, "start", cid).returncode == 0
@@ -150,7 +156,8 @@ def test_failed_cuda_restore_fails_the_create_and_leaves_nothing(gpuenv):
     checkpoint(e, b, "cr", image)
     e.grit.run(b, "delete", "cr")
     open(os.path.join(e.fake_dir, "fail-restore"), "w").close()
-    b2 = e.bundle("cr2", args=["sh", "-c", WORKLOAD], annotations={"grit.dev/restore-from": image},
+    b2 = e.bundle("cr2", args=["sh", "-c", WORKLOAD],
+                  annotations=dict(GPU_GRANT, **{"grit.dev/restore-from": image}),
                   rootfs_from=os.path.join(b, "rootfs"))
     p, _ = e.grit.create_with_pipes(b2, "cr2")
     assert p.returncode != 0
@@ -244,3 +251,80 @@ def test_cuda_steps_of_all_processes_run_at_once(gpuenv):
         # one after the other, the second would start 3 s after the first
         assert t[1] - t[0] < 2.0, (action, t)
     assert all(fake_state(p) == "running" for p in cuda_pids(e, "dst"))
+
+
+def test_cuda_checkpoint_into_a_spec_without_gpus_is_refused_before_criu(gpuenv):
+    """The destination's spec grants no GPU (no /dev/nvidiaN, no CDI device, no
+    NVIDIA_VISIBLE_DEVICES a runtime acts on): refused before CRIU runs, with how many GPUs
+    the checkpoint used and what the spec grants; nothing runs, nothing is left. The same
+    image restores into a spec that grants a GPU."""
+    import shutil
+    e = gpuenv
+    mark = os.path.join(e.dir, "criu-ran")
+    wrapper = os.path.join(e.dir, "criu-mark")
+    with open(wrapper, "w") as f:
+        f.write("#!/bin/sh\ncase \"$1\" in swrk|restore) touch %s;; esac\nexec %s \"$@\"\n"
+                % (mark, shutil.which("criu")))  # (not `criu --version`)
+    os.chmod(wrapper, 0o755)
+    b, out = start(e, "ng", "ng")
+    image = os.path.join(e.ckroot, "ng")
+    checkpoint(e, b, "ng", image)
+    e.grit.run(b, "delete", "ng")
+    e.write_config({"cuda": {"helper": os.path.join(FAKES, "fake-cuda-checkpoint")},
+                    "criu": wrapper})
+    before = len(calls(e))
+    for name, env in (("ng-none", ()), ("ng-env-no-runtime", ("NVIDIA_VISIBLE_DEVICES=all",))):
+        b2 = e.bundle(name, args=["sh", "-c", WORKLOAD], env=env,
+                      annotations={"grit.dev/restore-from": image},
+                      rootfs_from=os.path.join(b, "rootfs"))
+        p, _ = e.grit.create_with_pipes(b2, name)
+        assert p.returncode != 0
+        err = e.grit.log_error(b2)
+        assert "the checkpoint holds CUDA state of 2 process(es)" in err, err
+        assert "this container's spec grants no GPU" in err, err
+        assert e.grit.state(name) is None and not os.path.exists(os.path.join(e.state_dir, name))
+        assert not os.path.exists(mark), "CRIU ran"
+    assert len(calls(e)) == before  # no CUDA call either
+    b3, out3 = start(e, "ng-gpu", "ng-gpu", {"grit.dev/restore-from": image},
+                     os.path.join(b, "rootfs"))
+    assert os.path.exists(mark)
+    assert_continues(out.ints(), out3.ints())
+
+
+def _gpu_node(b, n):
+    """The spec grants /dev/nvidiaN (here: the numbers of /dev/null, as no GPU is here)."""
+    p = os.path.join(b, "config.json")
+    spec = json.load(open(p))
+    spec["linux"]["devices"] = [{"path": "/dev/nvidia%d" % n, "type": "c", "major": 1,
+                                 "minor": 3, "fileMode": 0o666, "uid": 0, "gid": 0}]
+    json.dump(spec, open(p, "w"))
+
+
+def test_restored_dev_holds_only_the_gpu_nodes_its_spec_grants(gpuenv):
+    """CRIU brings back the source's /dev tmpfs with the source's /dev/nvidia0; the new spec
+    grants /dev/nvidia1: before the tasks run (CRIU's post-restore), /dev holds nvidia1 and
+    not nvidia0. Into a spec that grants none, the source's node is gone too."""
+    from test_integration_runc import start_counter
+    e = gpuenv
+    b = e.bundle("dn", annotations=None)
+    _gpu_node(b, 0)
+    p, out = e.grit.create_with_pipes(b, "dn")
+    assert p.returncode == 0 and e.grit.run(b, "start", "dn").returncode == 0
+    assert out.wait_for(lambda r: len(r.ints()) >= 2)
+    pid = e.grit.state("dn")["pid"]
+    assert "nvidia0" in os.listdir("/proc/%d/root/dev" % pid)
+    image = os.path.join(e.ckroot, "dn")
+    checkpoint(e, b, "dn", image, "--leave-running")
+    for name, n in (("dn-1", 1), ("dn-none", None)):
+        b2 = e.bundle(name, annotations={"grit.dev/restore-from": image},
+                      rootfs_from=os.path.join(b, "rootfs"))
+        if n is not None:
+            _gpu_node(b2, n)
+        p, out2 = e.grit.create_with_pipes(b2, name)
+        assert p.returncode == 0, e.grit.log_error(b2)
+        pid2 = e.grit.state(name)["pid"]
+        nodes = sorted(x for x in os.listdir("/proc/%d/root/dev" % pid2) if x.startswith("nvidia"))
+        assert nodes == (["nvidia1"] if n is not None else []), nodes
+        assert e.grit.run(b2, "start", name).returncode == 0
+        assert out2.wait_for(lambda r: len(r.ints()) >= 2)
+        assert_continues(out.ints()[:out2.ints()[0] - 1], out2.ints())

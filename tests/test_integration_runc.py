@@ -259,7 +259,7 @@ def test_bad_sources_refused_and_source_keeps_running(genv, real_image, tmp_path
     notcriu = os.path.join(genv.ckroot, "notcriu")
     os.makedirs(notcriu)
     open(os.path.join(notcriu, "README"), "w").close()
-    _refused(genv, "r4", notcriu, "not a CRIU image dir")
+    _refused(genv, "r4", notcriu, "no grit-manifest.json")  # authenticated before read
     corrupt = os.path.join(genv.ckroot, "corrupt")
     shutil.copytree(image, corrupt)
     with open(os.path.join(corrupt, "inventory.img"), "r+b") as f:
@@ -274,12 +274,12 @@ def test_bad_sources_refused_and_source_keeps_running(genv, real_image, tmp_path
         f.write(b"\xff" * 16)
     _refused(genv, "r6a", corrupt2, "inventory.img does not match its sha256")
     from runc_grit.checkpoint import integrity, manifest
-    key = integrity.load_key(os.path.join(genv.dir, "node.key"))
+    key = integrity.load_signer(os.path.join(genv.dir, "node.key"))
 
     def resign(d):
         m = manifest.load(d)
         m["images"] = manifest.list_images(d, digest=True)
-        manifest.write(d, integrity.sign(m, key))
+        manifest.write(d, key.sign(m))
     resign(corrupt2)
     _refused(genv, "r6b", corrupt2, "restore source %s: its images cannot be decoded" % corrupt2)
     # a body-corrupt mm image (which runc-grit does not read), re-signed: CRIU refuses it,

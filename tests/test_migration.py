@@ -62,11 +62,12 @@ def test_rootfs_changes_travel_with_the_checkpoint(workdir):
     e.cleanup()
 
 
-def node(workdir, name, key):
-    """A "node": its own runc root, runc-grit state dir, checkpoint root and bundles."""
+def node(workdir, name):
+    """A "node": its own runc root, runc-grit state dir, checkpoint root, bundles and signing
+    key (Ed25519; it trusts its own public key and those in its trusted.d)."""
     d = os.path.join(workdir, name)
     os.makedirs(d)
-    return Env(d, {"signing_key": key, "require_signature": True})
+    return Env(d)
 
 
 def grit(e, *args):
@@ -75,11 +76,8 @@ def grit(e, *args):
 
 
 def test_two_nodes_export_then_import(workdir):
-    key = os.path.join(workdir, "cluster.key")
-    with open(key, "w") as f:
-        f.write("the-cluster-wide-signing-key-42")
-    os.chmod(key, 0o600)
-    a, b = node(workdir, "node-a", key), node(workdir, "node-b", key)
+    a, b = node(workdir, "node-a"), node(workdir, "node-b")
+    b.trust(a)  # B restores what A signs (A's public key only: B cannot sign as A)
     ba, out = start_counter(a, "app", "app")
     assert out.wait_for(lambda r: len(r.ints()) >= 3)
     img = os.path.join(a.ckroot, "app")

@@ -299,6 +299,11 @@ def test_runsc_leave_running_and_refusals(renv):
         f.write(b"\x16\x31\x31\x58" + b"\0" * 60)
     b3 = e.bundle("bad", annotations={"grit.dev/restore-from": criu_dir})
     p, _ = e.grit.create_with_pipes(b3, "bad")
+    assert p.returncode != 0  # unsigned: refused before anything is read
+    assert "not signed" in e.grit.log_error(b3)
+    e.write_config({"runtime": "runsc", "runtime_flags": ["--network=none"],
+                    "require_signature": False, "accept_raw_criu": True})
+    p, _ = e.grit.create_with_pipes(b3, "bad")
     assert p.returncode != 0
     assert "not a gVisor (runsc) image dir" in e.grit.log_error(b3)
     assert e.grit.state("bad") is None and not os.path.exists(os.path.join(e.state_dir, "bad"))

@@ -1,6 +1,7 @@
 """In-process unit tests: spec changes, config, fast config reader, restore sources, manifest."""
 import json
 import os
+import stat
 import struct
 
 import pytest
@@ -224,6 +225,7 @@ class Conf:
         self.verify = verify
         self.staging = staging
         self.staging_dir = os.path.join(os.path.dirname(roots[0]), "staging")
+        self.state_dir = os.path.join(os.path.dirname(roots[0]), "state")
         self.signing_key, self.require_signature = None, False
 
 
@@ -293,8 +295,10 @@ def test_source_not_criu(tmp_path):
     d = tmp_path / "ck" / "x"
     d.mkdir(parents=True)
     (d / "hello.txt").write_text("hi")
-    with pytest.raises(GritError, match="not a CRIU image dir"):
+    with pytest.raises(GritError, match="no grit-manifest.json"):  # authentication first
         source.validate(str(d), Conf([str(tmp_path / "ck")]))
+    with pytest.raises(GritError, match="not a CRIU image dir"):
+        source.validate(str(d), Conf([str(tmp_path / "ck")], raw=True))
 
 
 def test_source_corrupt_inventory(tmp_path):
@@ -352,18 +356,36 @@ def test_source_staging_fails_cleanly(tmp_path):
     assert os.listdir(conf.staging_dir) == []  # nothing half-copied left
 
 
-def test_source_auto_staging_copies_only_what_others_could_change(tmp_path):
+def test_source_auto_staging_reads_in_place_only_what_this_node_made(tmp_path):
+    """auto: in place only for a dir runc-grit recorded at its checkpoint, unchanged since,
+    under a root-only local root; root-owned files alone are not enough (a root container
+    writes those on a hostPath)."""
+    from runc_grit.checkpoint import provenance
     root = tmp_path / "ck"
     d = make_images(str(root / "x"))
     os.chmod(root, 0o755)
     conf = Conf([str(root)], staging="auto")
     here, _, _ = source.validate(d, conf)
-    assert here == os.path.realpath(d)          # root-only and local: read in place
+    assert os.path.dirname(here) == conf.staging_dir  # root-only, but not made here: a copy
+    source.release(here, conf)
+    provenance.remember(d, conf.state_dir)
+    here, _, _ = source.validate(d, conf)
+    assert here == os.path.realpath(d)          # made here, unchanged: read in place
     source.release(here, conf)
     assert os.path.exists(d)                    # (a source is never removed)
     os.chmod(d, 0o775)
     here, _, _ = source.validate(d, conf)
     assert os.path.dirname(here) == conf.staging_dir  # group-writable: a copy
+    source.release(here, conf)
+    os.chmod(d, 0o700)
+    provenance.remember(d, conf.state_dir)
+    p = os.path.join(d, "pages-1.img")
+    os.rename(p, p + ".old")                    # the same bytes, another inode
+    with open(p, "wb") as f:
+        f.write(b"p" * 4096)
+    os.unlink(p + ".old")
+    here, _, _ = source.validate(d, conf)
+    assert os.path.dirname(here) == conf.staging_dir  # swapped since the checkpoint: a copy
     source.release(here, conf)
 
 
@@ -489,19 +511,46 @@ def test_version_cache_runs_the_binary_once_per_build(tmp_path):
 
 # --- GPU device nodes after a remap ---------------------------------------------------------
 
-def test_gpu_node_script_makes_dev_match_the_spec():
-    from runc_grit.gpu.postresume import gpu_node_script
+def test_gpu_nodes_plan_makes_dev_match_the_spec():
+    from runc_grit.gpu.devnodes import plan
     spec_devices = [
         {"path": "/dev/nvidia1", "type": "c", "major": 195, "minor": 1, "fileMode": 0o666,
          "uid": 0, "gid": 0},
         {"path": "/dev/nvidiactl", "type": "c", "major": 195, "minor": 255},
         {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229},
     ]
-    present = {"/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm"}
-    cmds = gpu_node_script(spec_devices, present)
-    assert cmds == ["mknod -m 666 /dev/nvidia1 c 195 1 && chown 0:0 /dev/nvidia1",
-                    "rm -f /dev/nvidia0"]
-    assert gpu_node_script(spec_devices, {"/dev/nvidia1", "/dev/nvidiactl"}) == []
+    create, remove = plan(spec_devices, {"nvidia0", "nvidiactl", "nvidia-uvm", "null"})
+    assert [d["path"] for d in create] == ["/dev/nvidia1"] and remove == ["nvidia0"]
+    assert plan(spec_devices, {"nvidia1", "nvidiactl"}) == ([], [])
+    assert plan([], {"nvidia0", "nvidia3", "nvidiactl"}) == ([], ["nvidia0", "nvidia3"])
+
+
+def test_gpu_nodes_sync_works_through_the_inits_root(tmp_path):
+    """sync() edits /proc/<pid>/root/dev with *at calls (here: this process's own root is
+    /, so a scratch pid namespace is not needed: a chrooted child stands in)."""
+    import subprocess
+    import sys
+    from runc_grit.gpu import devnodes
+    root = tmp_path / "root"
+    (root / "dev").mkdir(parents=True)
+    os.mknod(str(root / "dev" / "nvidia0"), 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    child = subprocess.Popen([sys.executable, "-c", "import os, time; os.chroot(%r); "
+                              "time.sleep(30)" % str(root)])
+    try:
+        import time
+        for _ in range(100):
+            if os.readlink("/proc/%d/root" % child.pid) == str(root):
+                break
+            time.sleep(0.05)
+        spec = {"linux": {"devices": [{"path": "/dev/nvidia1", "type": "c", "major": 1,
+                                       "minor": 3, "fileMode": 0o660, "uid": 0, "gid": 0}]}}
+        made, removed = devnodes.sync(child.pid, spec)
+    finally:
+        child.kill()
+    assert made == ["/dev/nvidia1"] and removed == ["/dev/nvidia0"]
+    assert sorted(os.listdir(root / "dev")) == ["nvidia1"]
+    st_ = os.stat(root / "dev" / "nvidia1")
+    assert stat.S_ISCHR(st_.st_mode) and st_.st_mode & 0o777 == 0o660
 
 
 def test_configured_criu_is_first_on_the_runtimes_path(tmp_path):

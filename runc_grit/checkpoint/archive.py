@@ -101,6 +101,9 @@ def import_(archive, image_dir, conf=None):
                 if not mem.isfile() or not name or name.startswith(".") or "\0" in name:
                     raise GritError("%s: member %r is not a plain file" % (archive, mem.name),
                                     kind="source")
+                if name == "config.dump":
+                    continue  # made from the manifest at export; an image dir holds only
+                    # what its manifest lists
                 f = tar.extractfile(mem)
                 with open(os.path.join(tmp, name), "xb") as out:
                     while True:

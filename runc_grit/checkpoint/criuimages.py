@@ -1,5 +1,8 @@
-"""What a CRIU image dir says about its processes: credentials, capabilities, no_new_privs,
-seccomp mode and namespaces of every task, and the keys of its external mounts. Decoded with CRIU's own pycriu (crit's library).
+"""What a CRIU image dir says about its processes, as the privilege check (privileges.py) needs
+it: credentials (ids, groups, capabilities, securebits, no_new_privs, LSM label), seccomp mode
+and the length of each task's filter chain, hard rlimits and namespaces of every task; the mount
+tree of every mount namespace; the maps of every user namespace; AppArmor policy CRIU would
+load; and the keys of its external mounts. Decoded with CRIU's own pycriu (crit's library).
 
 pycriu comes with CRIU's Python bindings (Debian's python3-pycriu; install/deps.sh unpacks
 Debian 13's into CRIU's prefix) and its own pure-Python protobuf, which must not meet the
@@ -27,7 +30,11 @@ def pycriu_path(conf=None):
 
 
 def read(image_dir, conf=None, timeout=120, where=None):
-    """{"root_ids": {ns: id}, "tasks": [{"pid", "creds", "ids", "seccomp_mode"}],
+    """{"root_ids": {ns: id}, "tasks": [{"pid", "tid", "creds", "ids", "seccomp_mode",
+    "seccomp_filters" (filters in the task's chain), "rlimits" ([hard limit by resource
+    number], the thread group leader's)}], "mounts": [{"ns", "mnt_id", "parent_mnt_id",
+    "mountpoint", "fstype", "fsname", "flags", "sb_flags", "root", "source", "ext_key"}],
+    "userns": [{"ns", "uid_map", "gid_map"}], "apparmor_namespaces": N,
     "external_mounts": [key, ...]} of image_dir.
     GritError when it cannot be read (no pycriu, a corrupt image)."""
     from runc_grit.errors import GritError
@@ -52,31 +59,78 @@ def read(image_dir, conf=None, timeout=120, where=None):
     return json.loads(p.stdout)
 
 
+def _int(v):
+    """A number pycriu renders as hex text ("0x200001") or gives as an int."""
+    if isinstance(v, str):
+        return int(v, 0)
+    return int(v or 0)
+
+
+def _chain_length(filters, index):
+    """Filters in the seccomp chain that starts at filters[index] (each names its `prev`);
+    -1 for a chain that leaves the table or loops (a crafted image)."""
+    n = 0
+    while index is not None:
+        if not isinstance(index, int) or not 0 <= index < len(filters) or n >= len(filters):
+            return -1
+        n += 1
+        index = filters[index].get("prev")
+    return n
+
+
 def _decode(image_dir):
-    """(in the child) the tasks of image_dir, from pstree, core-N and ids-N images."""
+    """(in the child) what image_dir says: tasks from pstree, core-N and ids-N, mounts from
+    mountpoints-N, user namespaces from userns-N, seccomp chains from seccomp.img."""
     import pycriu
 
     def load(name):
         with open(os.path.join(image_dir, name), "rb") as f:
             return pycriu.images.load(f)["entries"]
 
+    names = sorted(os.listdir(image_dir))
     root = load("inventory.img")[0].get("root_ids") or {}
+    filters = []
+    if "seccomp.img" in names:
+        for e in load("seccomp.img"):
+            filters += e.get("seccomp_filters") or []
     tasks = []
     for item in load("pstree.img"):
         for tid in item.get("threads") or [item["pid"]]:
             core = load("core-%d.img" % tid)[0]
             tc = core.get("thread_core") or {}
+            mode = tc.get("seccomp_mode", 0)
+            chain = (_chain_length(filters, tc.get("seccomp_filter"))
+                     if mode in ("filter", 2) else 0)
+            rl = ((core.get("tc") or {}).get("rlimits") or {}).get("rlimits") or []
             tasks.append({"pid": item["pid"], "tid": tid, "creds": tc.get("creds") or {},
-                          "seccomp_mode": tc.get("seccomp_mode", 0),
+                          "seccomp_mode": mode, "seccomp_filters": chain,
+                          "rlimits": [_int(r.get("max")) for r in rl],
                           "ids": load("ids-%d.img" % item["pid"])[0] if tid == item["pid"]
                           else None})
     keys = set()  # the keys of its external mounts (CRIU's --external mnt[KEY]:PATH)
-    for name in sorted(os.listdir(image_dir)):
+    mounts, userns, aa = [], [], 0
+    for name in names:
         if name.startswith("mountpoints-") and name.endswith(".img"):
+            ns = int(name[len("mountpoints-"):-len(".img")])
             for m in load(name):
                 if m.get("ext_key"):
                     keys.add(m["ext_key"])
-    return {"root_ids": root, "tasks": tasks, "external_mounts": sorted(keys)}
+                mounts.append({"ns": ns, "mnt_id": m.get("mnt_id"),
+                               "parent_mnt_id": m.get("parent_mnt_id"),
+                               "mountpoint": m.get("mountpoint"), "fstype": m.get("fstype", 0),
+                               "fsname": m.get("fsname"), "flags": _int(m.get("flags")),
+                               "sb_flags": _int(m.get("sb_flags")), "root": m.get("root"),
+                               "source": m.get("source"), "ext_key": m.get("ext_key")})
+        elif name.startswith("userns-") and name.endswith(".img"):
+            for u in load(name):
+                userns.append({"ns": int(name[len("userns-"):-len(".img")]),
+                               "uid_map": u.get("uid_map") or [],
+                               "gid_map": u.get("gid_map") or []})
+        elif name == "apparmor.img":
+            for a in load(name):
+                aa += len(a.get("namespaces") or []) or 1
+    return {"root_ids": root, "tasks": tasks, "mounts": mounts, "userns": userns,
+            "apparmor_namespaces": aa, "external_mounts": sorted(keys)}
 
 
 def main(argv):

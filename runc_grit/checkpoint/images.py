@@ -39,8 +39,7 @@ def check_criu(image_dir):
     if INVENTORY not in names:
         raise GritError("restore source %s: not a CRIU image dir (no %s)" % (image_dir, INVENTORY),
                         kind="source")
-    with open(os.path.join(image_dir, INVENTORY), "rb") as f:
-        head = f.read(8)
+    head = _head(image_dir, INVENTORY, 8)
     if len(head) < 8 or struct.unpack("<I", head[:4])[0] != INVENTORY_MAGIC:
         raise GritError("restore source %s: corrupt %s (bad CRIU magic)" % (image_dir, INVENTORY),
                         kind="source")
@@ -52,11 +51,27 @@ def check_gvisor(image_dir):
     if GVISOR_IMAGE not in names:
         raise GritError("restore source %s: not a gVisor (runsc) image dir (no %s)"
                         % (image_dir, GVISOR_IMAGE), kind="source")
-    with open(os.path.join(image_dir, GVISOR_IMAGE), "rb") as f:
-        head = f.read(len(GVISOR_MAGIC))
+    head = _head(image_dir, GVISOR_IMAGE, len(GVISOR_MAGIC))
     if head != GVISOR_MAGIC:
         raise GritError("restore source %s: corrupt %s (no gVisor state-file magic)"
                         % (image_dir, GVISOR_IMAGE), kind="source")
+
+
+def _head(image_dir, name, n):
+    """The first n bytes of the regular file name (never a FIFO, device or link)."""
+    try:
+        fd = os.open(os.path.join(image_dir, name),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise GritError("restore source %s: %s: %s" % (image_dir, name, e.strerror),
+                        kind="source") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise GritError("restore source %s: %s is not a regular file" % (image_dir, name),
+                            kind="source")
+        return os.read(fd, n)
+    finally:
+        os.close(fd)
 
 
 def check(image_dir, image_format="CRIU"):

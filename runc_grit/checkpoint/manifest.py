@@ -10,8 +10,9 @@ import platform
 import time
 
 from runc_grit.checkpoint.integrity import CHUNK, digests
+from runc_grit.checkpoint import tenant
 from runc_grit.errors import GritError
-from runc_grit.fsutil import write_json_atomic
+from runc_grit import fsutil
 from runc_grit.node.config import load_schema
 
 NAME = "grit-manifest.json"
@@ -58,6 +59,8 @@ def build(container_id, annotations, bundle, runtime, criu, images, timings,
         "created": now_rfc3339(),
         "container": {"id": container_id, "bundle": bundle, "annotations": dict(annotations),
                       "leave_running": bool(leave_running)},
+        # whose it is (signed with the rest): a restore into another tenant is refused
+        "source": tenant.of(annotations),
         "runtime": runtime,
         "criu": criu,
         "node": {"hostname": platform.node(), "kernel": platform.release(),
@@ -78,44 +81,82 @@ def digests_wanted(conf):
 
 
 def save_spec(bundle, image_dir):
-    """spec.dump: the container's OCI spec, as Podman and checkpointctl keep it."""
+    """spec.dump: the container's OCI spec, as Podman and checkpointctl keep it. The bundle's
+    config.json is root's (read by path); the copy goes through the image dir's descriptor
+    under a fresh name and is renamed into place: a planted spec.dump symlink is replaced,
+    never written through."""
     if bundle:
-        import shutil
         try:
-            shutil.copyfile(os.path.join(bundle, "config.json"), os.path.join(image_dir, "spec.dump"))
+            with open(os.path.join(bundle, "config.json"), "rb") as f:
+                data = f.read()
+            dfd = fsutil.open_dir(image_dir)
+            try:
+                fsutil.write_atomic_at(dfd, "spec.dump", data)
+            finally:
+                os.close(dfd)
         except OSError:
             pass
 
 
 def commit(image_dir, manifest, conf):
-    """Signed (with the node's signing_key, if any), then written: the checkpoint is complete."""
-    if conf.signing_key:
-        from runc_grit.checkpoint import integrity
-        integrity.sign(manifest, integrity.load_key(conf.signing_key))
+    """Signed (with the node's signing_key, if any; unsigned without one), then written: the
+    checkpoint is complete."""
+    from runc_grit.checkpoint import integrity
+    integrity.sign_manifest(manifest, conf)
     write(image_dir, manifest)
 
 
 def write(image_dir, manifest):
-    write_json_atomic(os.path.join(image_dir, NAME), manifest, indent=1)
+    """grit-manifest.json, replaced atomically through the image dir's descriptor (the dir
+    itself no symlink): a fresh O_EXCL|O_NOFOLLOW temp file renamed over the name, so a
+    planted symlink at the name or at a temp name is never written through."""
+    dfd = fsutil.open_dir(image_dir)
+    try:
+        fsutil.write_json_atomic_at(dfd, NAME, manifest, indent=1)
+    finally:
+        os.close(dfd)
 
 
 def prepare_dir(image_dir, what):
-    """The image dir of a new dump: created (0700) if needed, its old manifest removed.
-    GritError (nothing was done to the container) when that fails."""
+    """The image dir of a new dump: created (0700) if needed, and refused if it is a symlink
+    (runc would follow it); then, through its descriptor, its old manifest removed and every
+    symlink or hard-linked file in it (CRIU opens its images by name and would write through
+    them). GritError (nothing was done to the container) when that fails."""
+    if os.path.islink(image_dir):
+        raise GritError("%s: image dir %s is a symlink; refused, the container was not "
+                        "checkpointed and keeps running" % (what, image_dir), kind="checkpoint")
     try:
         os.makedirs(image_dir, mode=0o700, exist_ok=True)
-        remove(image_dir)
+        dfd = fsutil.open_dir(image_dir)  # O_NOFOLLOW: a symlink swapped in meanwhile fails
+        try:
+            fsutil.remove_links(dfd)
+            try:
+                os.unlink(NAME, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+        finally:
+            os.close(dfd)
     except OSError as e:
         raise GritError("%s: image dir %s: %s; the container was not checkpointed and keeps "
                         "running" % (what, image_dir, e.strerror), kind="checkpoint") from None
 
 
 def remove(image_dir):
-    """Uncommit an image dir before a new dump goes into it."""
+    """Uncommit an image dir: its manifest unlinked through the dir's descriptor. An image
+    dir that is gone, or is now a symlink (never followed), holds no manifest of ours."""
+    import errno
     try:
-        os.unlink(os.path.join(image_dir, NAME))
+        dfd = fsutil.open_dir(image_dir)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return
+        raise
+    try:
+        os.unlink(NAME, dir_fd=dfd)
     except FileNotFoundError:
         pass
+    finally:
+        os.close(dfd)
 
 
 def validate(m, where):

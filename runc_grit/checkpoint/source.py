@@ -5,11 +5,11 @@ runtime or CRIU process starts: it must resolve (symlinks followed) to a directo
 of checkpoint_roots, hold only regular files and the images of its format (checkpoint.images),
 and carry a valid grit-manifest.json whose files match (unless accept_raw_criu).
 """
+import json
 import os
 
-from runc_grit.checkpoint import images
+from runc_grit.checkpoint import images, imagedir, provenance, staging, tenant
 from runc_grit.checkpoint import manifest as _manifest
-from runc_grit.checkpoint import staging
 from runc_grit.errors import GritError
 
 RESTORE_FROM = ("grit.dev/restore-from", "kybernate.io/restore-from")
@@ -88,55 +88,115 @@ def resolve(path, roots):
     return real
 
 
-def validate(path, conf, image_format="CRIU"):
+MANIFEST_LIMIT = 16 << 20
+
+
+def authenticate(src, conf, where):
+    """(manifest, its bytes, whether its signature was verified) of the open image dir src,
+    or (None, None, False) where it has none.
+    Authentication comes first: the manifest is read through src's descriptor (a regular
+    file, at most 16 MiB), parsed, and its signature checked before any schema work, copy or
+    image read; only a verified manifest is then validated against the schema."""
+    raw = src.read(_manifest.NAME, MANIFEST_LIMIT)
+    if raw is None:
+        if conf.require_signature:
+            raise GritError("%s: no %s: the checkpoint is not signed, and require_signature is "
+                            "set" % (where, _manifest.NAME), kind="source")
+        return None, None, False
+    try:
+        m = json.loads(raw)
+    except ValueError as e:
+        raise GritError("%s: unreadable %s: %s" % (where, _manifest.NAME, e),
+                        kind="source") from None
+    if not isinstance(m, dict):
+        raise GritError("%s: %s is not a JSON object" % (where, _manifest.NAME), kind="source")
+    from runc_grit.checkpoint import integrity
+    signed = integrity.check_signature(m, conf, where)
+    _manifest.validate(m, where)
+    return m, raw, signed
+
+
+def check_age(m, conf, where):
+    """Refuse a checkpoint older than config max_checkpoint_age (seconds; 0: no limit)."""
+    limit = getattr(conf, "max_checkpoint_age", 0) or 0
+    if not limit or m is None:
+        return
+    import calendar
+    import time
+    try:
+        made = calendar.timegm(time.strptime(m["created"][:19], "%Y-%m-%dT%H:%M:%S"))
+    except (KeyError, ValueError):
+        raise GritError("%s: the manifest's creation time %r cannot be read"
+                        % (where, m.get("created")), kind="source") from None
+    age = time.time() - made
+    if age > limit:
+        raise GritError("%s: the checkpoint is %d s old; this node restores checkpoints up to "
+                        "max_checkpoint_age %d s" % (where, age, limit), kind="source")
+
+
+def validate(path, conf, image_format="CRIU", spec=None):
     """(image dir to restore from, manifest or None, the source's real path) for a restore
-    source, or GritError(kind=source). image_format: what the restoring runtime reads, CRIU images or
-    gVisor's checkpoint.img. With `staging: copy` (the default) the dir returned is a
-    root-only copy, and everything is verified there: the caller restores from it and then
-    hands it to release()."""
+    source, or GritError(kind=source). image_format: what the restoring runtime reads, CRIU
+    images or gVisor's checkpoint.img. spec: the destination's (its tenant and image).
+
+    In order: the path (inside the checkpoint roots, symlinks resolved), the dir opened once
+    (imagedir), the manifest's signature, its schema, the tenant and age, nothing unlisted;
+    then either a root-only copy of exactly the listed files (staging) or, where this node
+    made the dir and nothing changed since (provenance), the dir in place; last the images and
+    every file's digest, on what the runtime will read. The caller restores from the dir
+    returned and then hands it to release()."""
     real = resolve(path, conf.checkpoint_roots)
     where = "restore source %s" % path
-    images.check(real, image_format)  # early, for a clear reason; again on what is restored
-    m = _manifest.load(real)
-    if m is None and not conf.accept_raw_criu:
-        raise GritError("restore source %s: no %s, so not a complete runc-grit checkpoint "
-                        "(set accept_raw_criu to allow raw CRIU dirs)" % (path, _manifest.NAME),
-                        kind="source")
-    mode = staging_mode(conf)
-    if mode == "auto":
-        mode = "none" if staging.in_place_problem(real, _root_of(real, conf.checkpoint_roots)) \
-            is None else "copy"
-    if mode == "copy":
+    with imagedir.ImageDir(real, where) as src:
+        m, raw, signed = authenticate(src, conf, where)
+        if m is None and not conf.accept_raw_criu:
+            raise GritError("restore source %s: no %s, so not a complete runc-grit checkpoint "
+                            "(set accept_raw_criu to allow raw CRIU dirs)" % (path, _manifest.NAME),
+                            kind="source")
         if m is not None:
-            names = [i["name"] for i in m["images"]] + [_manifest.NAME]
+            tenant.check(m, _annotations(spec), conf, where)
+            check_age(m, conf, where)
+            items = [(i["name"], i["size"]) for i in m["images"]]
+            src.refuse_unlisted({n for n, _ in items} | {_manifest.NAME})
         else:
-            names = [n for n in os.listdir(real) if os.path.isfile(os.path.join(real, n))]
-        here = staging.stage(real, names, conf.staging_dir, where)
-    else:
-        staging.check_in_place(real, _root_of(real, conf.checkpoint_roots), where)
-        here = real
+            items = [(n, _size_of(src, n)) for n in sorted(src.names())]
+        staging.sweep(conf.staging_dir)  # copies killed restores left behind
+        mode = staging_mode(conf)
+        root = _root_of(real, conf.checkpoint_roots)
+        if mode == "auto":
+            mode = "none" if (m is not None
+                              and provenance.made_here(src, conf.state_dir,
+                                                       imagedir.RESTORE_OUTPUTS)
+                              and staging.in_place_problem(real, root) is None) else "copy"
+        if mode == "copy":
+            here = staging.stage(src, items, conf.staging_dir, where, raw, _manifest.NAME)
+        else:
+            staging.check_in_place(real, root, where)
+            for name, size in items:  # regular files of the listed sizes, nothing else
+                os.close(src.open_regular(name, size=size)[0])
+            here = real
     try:
-        m = _verify(here, conf, image_format, where, m is not None)
+        images.check(here, image_format)
+        if m is not None:
+            _manifest.check_files(here, m, digest=(getattr(conf, "verify", "size") == "digest"
+                                                   or signed), where=where)
     except BaseException:
         release(here, conf)
         raise
     return here, m, real
 
 
-def _verify(image_dir, conf, image_format, where, want_manifest):
-    """The images, the manifest (as read from image_dir itself), its signature, every file."""
-    images.check(image_dir, image_format)
-    m = _manifest.load(image_dir)
-    if m is None:
-        if want_manifest:
-            raise GritError("%s: %s vanished while it was staged" % (where, _manifest.NAME),
-                            kind="source")
-        return None
-    from runc_grit.checkpoint import integrity
-    signed = integrity.check_signature(m, conf, where)
-    _manifest.check_files(image_dir, m, digest=(getattr(conf, "verify", "size") == "digest"
-                                                or signed), where=where)
-    return m
+def _size_of(src, name):
+    """The size of a regular file in src (a raw CRIU dir, no manifest), else refused."""
+    fd, st = src.open_regular(name, limit=None) or (None, None)
+    if fd is None:
+        raise GritError("%s: %s vanished" % (src.where, name), kind="source")
+    os.close(fd)
+    return st.st_size
+
+
+def _annotations(spec):
+    return (spec or {}).get("annotations") or {}
 
 
 def is_kubernetes(spec):
@@ -144,21 +204,35 @@ def is_kubernetes(spec):
     return (spec.get("annotations") or {}).get("io.kubernetes.cri.container-type") == "container"
 
 
-def verify_given(image_dir, conf, kubernetes=False):
+def verify_given(image_dir, conf, kubernetes=False, spec=None):
     """`restore --image-path DIR` called directly: DIR is the caller's (containerd unpacks a
-    checkpoint archive into a dir of its own). Its manifest, when there is one, is verified in
-    place (signature, every file); a Kubernetes container's image without one is refused
-    unless the node accepts raw CRIU dirs and unsigned checkpoints. Returns the manifest."""
+    checkpoint archive into a dir of its own). Its manifest, when there is one, is
+    authenticated first and every file verified in place; nothing unlisted may be there; the
+    tenant rule holds. A Kubernetes container's image without one is refused unless the node
+    accepts raw CRIU dirs and unsigned checkpoints. Returns the manifest."""
     where = "restore image %s" % image_dir
-    m = _manifest.load(image_dir) if os.path.isdir(image_dir) else None
-    if m is None:
-        if kubernetes and (conf.require_signature or not conf.accept_raw_criu):
-            raise GritError("%s: no %s: not a checkpoint taken through runc-grit, and this node "
-                            "restores only those (require_signature, accept_raw_criu)"
-                            % (where, _manifest.NAME), kind="source")
+    if not os.path.isdir(image_dir):
+        if kubernetes:
+            raise GritError("%s: no such directory" % where, kind="source")
         return None
+    with imagedir.ImageDir(os.path.realpath(image_dir), where) as src:
+        raw = src.read(_manifest.NAME, MANIFEST_LIMIT)
+        if raw is None:
+            if kubernetes and (conf.require_signature or not conf.accept_raw_criu):
+                raise GritError("%s: no %s: not a checkpoint taken through runc-grit, and this "
+                                "node restores only those (require_signature, accept_raw_criu)"
+                                % (where, _manifest.NAME), kind="source")
+            return None
+        m, _, signed = authenticate(src, conf, where)
+        tenant.check(m, _annotations(spec), conf, where)
+        check_age(m, conf, where)
+        src.refuse_unlisted({i["name"] for i in m["images"]} | {_manifest.NAME})
+        for item in m["images"]:
+            os.close(src.open_regular(item["name"], size=item["size"])[0])
     images.check_entries(image_dir)
-    return _verify(image_dir, conf, "CRIU", where, True)
+    _manifest.check_files(image_dir, m, digest=(getattr(conf, "verify", "size") == "digest"
+                                                or signed), where=where)
+    return m
 
 
 def staging_mode(conf):

@@ -17,8 +17,10 @@ restored unverified. Config `staging` chooses the defence:
          shared volume (network filesystem) or a dir a pod's user could write is copied.
 
 copy uses copy_file_range (in-kernel; a reflink where the filesystem has them), every
-256 MiB piece of every file in parallel.
+256 MiB piece of every file in parallel, from descriptors opened once (checkpoint.imagedir):
+a file that is not regular or not of the manifest's size is refused before anything is read.
 """
+import errno
 import os
 import shutil
 import stat
@@ -32,60 +34,110 @@ PIECE = 256 << 20  # large files are copied in pieces of this size, in parallel
 
 
 def _copy_range(job):
-    """Copy [offset, offset+length) of src into dst (already created). A source that grew
-    after its size was taken: no more than that size is copied; one that shrank: the copy is
-    short (sparse), and the size and digest checks of the copy refuse it."""
-    src, dst, offset, length = job
-    fi = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    """Copy [offset, offset+length) of the open file fi into dst (already created)."""
+    fi, dst, offset, length = job
     fo = os.open(dst, os.O_WRONLY | os.O_CLOEXEC)
     try:
         end = offset + length
+        in_kernel = True
         while offset < end:
-            n = os.copy_file_range(fi, fo, end - offset, offset, offset)
+            if in_kernel:
+                try:
+                    n = os.copy_file_range(fi, fo, end - offset, offset, offset)
+                except OSError as e:
+                    if e.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                        raise
+                    in_kernel = False  # another filesystem (older kernels): sendfile
+                    continue
+            else:
+                os.lseek(fo, offset, os.SEEK_SET)
+                n = os.sendfile(fo, fi, offset, end - offset)
             if n == 0:
                 break
             offset += n
     finally:
-        os.close(fi)
         os.close(fo)
 
 
-def stage(image_dir, names, staging_dir, where):
-    """A root-only copy of image_dir's files `names` (the manifest's, and the manifest).
-    Returns the new dir; GritError (and nothing left behind) when a copy fails."""
+PREFIX = "restore-"
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep(staging_dir, dry_run=False):
+    """Remove the copies of restores whose runc-grit is gone (killed mid-restore): every
+    `restore-<pid>-*` dir whose pid no longer runs. Returns their paths."""
+    gone = []
+    try:
+        names = os.listdir(staging_dir)
+    except OSError:
+        return gone
+    for name in names:
+        parts = name.split("-")
+        if not name.startswith(PREFIX) or len(parts) < 3 or not parts[1].isdigit():
+            continue
+        if int(parts[1]) != os.getpid() and not _pid_alive(int(parts[1])):
+            path = os.path.join(staging_dir, name)
+            if not dry_run:
+                shutil.rmtree(path, ignore_errors=True)
+            gone.append(path)
+    return gone
+
+
+def stage(src, items, staging_dir, where, manifest_bytes=None, manifest_name=None):
+    """A root-only copy of the image dir src (an imagedir.ImageDir): items = [(name, size)],
+    each opened once through src's descriptor, refused unless a regular file of exactly that
+    size, and copied from that descriptor (never more than size bytes). manifest_bytes: the
+    manifest as verified, written into the copy as manifest_name. Returns the new dir;
+    GritError (and nothing left behind) when a copy fails. Copies of killed restores are
+    swept first."""
     try:
         os.makedirs(staging_dir, mode=0o700, exist_ok=True)
         os.chmod(staging_dir, 0o700)
-        dest = tempfile.mkdtemp(prefix="restore-", dir=staging_dir)
+        sweep(staging_dir)
+        dest = tempfile.mkdtemp(prefix="%s%d-" % (PREFIX, os.getpid()), dir=staging_dir)
     except OSError as e:
         raise GritError("%s: staging dir %s: %s" % (where, staging_dir, e.strerror),
                         kind="source") from None
-    jobs = []
+    jobs, fds = [], []
     try:
-        for name in names:
-            src = os.path.join(image_dir, name)
-            try:
-                st = os.lstat(src)
-            except FileNotFoundError:
-                raise GritError("%s: image %s listed in the manifest is missing" % (where, name),
-                                kind="source") from None
-            if not stat.S_ISREG(st.st_mode):
-                raise GritError("%s: %s is not a regular file" % (where, name), kind="source")
+        for name, size in items:
+            fd, st = src.open_regular(name, size=size)
+            fds.append(fd)
             dst = os.path.join(dest, name)
-            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            os.close(fd)
-            jobs += [(src, dst, off, min(PIECE, st.st_size - off))
-                     for off in range(0, st.st_size, PIECE)]
+            os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600))
+            jobs += [(fd, dst, off, min(PIECE, size - off)) for off in range(0, size, PIECE)]
         with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, len(jobs) or 1))) as pool:
             list(pool.map(_copy_range, jobs))
+        if manifest_bytes is not None:
+            fd = os.open(os.path.join(dest, manifest_name),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(manifest_bytes)
     except OSError as e:
         shutil.rmtree(dest, ignore_errors=True)
-        raise GritError("%s: copying %s into the staging dir: %s"
-                        % (where, getattr(e, "filename", "") or image_dir, e.strerror),
+        hint = ("; hint: no space left on the device of staging_dir %s: free space there, or "
+                "point staging_dir at a larger one" % staging_dir
+                if e.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+        raise GritError("%s: copying %s into the staging dir: %s%s"
+                        % (where, getattr(e, "filename", "") or src.path, e.strerror, hint),
                         kind="source") from None
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
+    finally:
+        for fd in fds:
+            os.close(fd)
     return dest
 
 

@@ -29,13 +29,16 @@ def run_demo(workdir=None, keep=False, wait=2.0):
     ckroot = os.path.join(workdir, "checkpoints")
     os.makedirs(ckroot, exist_ok=True)
     conf_path = os.path.join(workdir, "config.yaml")
-    key = os.path.join(workdir, "demo.key")  # this demo "node"'s signing key (mode 600)
-    with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-        f.write(os.urandom(32).hex() + "\n")
+    # this demo "node"'s own Ed25519 key pair, as install.sh makes one (demo.key, mode 600)
+    from runc_grit.checkpoint import integrity
+    key = os.path.join(workdir, "demo.key")
+    if not os.path.exists(key):
+        integrity.write_key_pair(workdir, "demo")
     with open(conf_path, "w") as f:
         f.write("checkpoint_roots: [%s]\nstate_dir: %s\nsigning_key: %s\nrequire_signature: true\n"
-                "staging_dir: %s\n" % (json.dumps(ckroot), json.dumps(os.path.join(workdir, "state")),
-                                       json.dumps(key), json.dumps(os.path.join(workdir, "staging"))))
+                "staging_dir: %s\ntrusted_keys: []\n"
+                % (json.dumps(ckroot), json.dumps(os.path.join(workdir, "state")),
+                   json.dumps(key), json.dumps(os.path.join(workdir, "staging"))))
     env = dict(os.environ, RUNC_GRIT_CONFIG=conf_path)
     grit = Grit(root, env)
     src_b = os.path.join(workdir, "bundle-src")

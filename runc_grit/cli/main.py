@@ -1,4 +1,5 @@
-"""runc-grit's own (operator) commands: doctor, demo, cuda-checkpoint, config, gc, hook."""
+"""runc-grit's own (operator) commands: doctor, demo, cuda-checkpoint, config, gc, hook,
+keygen, key-id."""
 import os
 import sys
 
@@ -150,7 +151,8 @@ def import_cmd(archive_file, output):
 @click.option("--root", "roots", multiple=True,
               help="Runtime roots to look in (default: the one each container was made under).")
 def gc(dry_run, roots):
-    """Remove state of containers the runtime no longer knows."""
+    """Remove state of containers the runtime no longer knows, the staging copies of
+    restores that were killed, and the CRIU logs kept of failed restores."""
     from runc_grit.node.config import load
     from runc_grit.node.state import ContainerState, list_ids
     from runc_grit.runtimes.delegate import Delegate
@@ -167,6 +169,36 @@ def gc(dry_run, roots):
             if not dry_run:
                 with st:
                     st.remove()
+    from runc_grit.checkpoint import staging
+    for path in staging.sweep(conf.staging_dir, dry_run=dry_run):
+        click.echo("stale staging copy: %s" % path)
+    from runc_grit.runtimes import criulog
+    for path in criulog.kept(conf.state_dir):
+        click.echo("log of a failed restore: %s" % path)
+        if not dry_run:
+            os.unlink(path)
+
+
+@cli.command()
+@click.option("--out", "out_dir", default="/etc/runc-grit", show_default=True,
+              type=click.Path(file_okay=False),
+              help="Directory for signing.key and signing.pub.")
+def keygen(out_dir):
+    """Make this node's Ed25519 key pair: signing.key (0600, the config's signing_key) and
+    signing.pub (0644: put it in the trusted_keys of the nodes that restore this node's
+    checkpoints). Refuses to overwrite either."""
+    from runc_grit.checkpoint import integrity
+    key, pub, kid = integrity.write_key_pair(out_dir)
+    click.echo("key %s: private %s, public %s" % (kid, key, pub))
+
+
+@cli.command("key-id")
+@click.argument("key_file", type=click.Path(exists=True, dir_okay=False))
+def key_id(key_file):
+    """Print a key's id, as manifests name their signer: a PEM public or private key, or a
+    legacy HMAC secret."""
+    from runc_grit.checkpoint import integrity
+    click.echo(integrity.key_id_of_file(key_file))
 
 
 def _register_cuda():

@@ -2,7 +2,7 @@
 CUDA state (GPU count, model, driver), and onto which of its GPUs (UUID pairs for the
 restore) do the source's go? The destination's GPUs are those of the new container's spec."""
 from runc_grit.errors import GritError
-from runc_grit.gpu import discovery
+from runc_grit.gpu import discovery, grants
 from runc_grit.gpu import helper as _helper
 
 
@@ -18,35 +18,58 @@ def device_pairs(source_devices, dest_devices):
     return [(s, d) for s, d in zip(src, dst) if s != d] or []
 
 
-def visible_devices(inv, bundle):
-    """The destination GPUs this container sees: its /dev/nvidiaN devices, else all."""
-    devs = inv["devices"] if inv else []
-    if not bundle:
-        return devs
+def _spec_of(bundle):
+    from runc_grit.oci import spec as _spec
     try:
-        from runc_grit.oci import spec as _spec
-        sp = _spec.load(bundle)
+        return _spec.load(bundle)
     except GritError:
-        return devs
-    minors = set()
-    for d in (sp.get("linux") or {}).get("devices") or []:
-        path = d.get("path", "")
-        if path.startswith("/dev/nvidia") and path[11:].isdigit():
-            minors.add(int(path[11:]))
-    chosen = [d for d in devs if d.get("minor", d["index"]) in minors]
-    return chosen or devs
+        return None
 
 
-def check_destination(m, conf, bundle=None):
-    """Refuse a checkpoint with CUDA state this node cannot host (count, model, driver).
-    Returns the GPU UUID pairs the restore remaps (possibly none), or None when the
-    checkpoint holds no CUDA state."""
+def visible_devices(inv, bundle, nvidia_runtime=False, spec=None):
+    """The node's GPUs the container's spec grants (gpu.grants): never all of them for a
+    spec that names none."""
+    devs = inv["devices"] if inv else []
+    if spec is None and bundle:
+        spec = _spec_of(bundle)
+    return grants.of_spec(spec, nvidia_runtime).select(devs)
+
+
+def _models(src):
+    return ", ".join(sorted({d.get("name", "?") for d in src})) or "model unknown"
+
+
+def check_grant(m, spec, nvidia_runtime=False):
+    """Refuse (GritError) a checkpoint holding CUDA state for a spec that grants fewer GPUs
+    than it used: nothing is read from the node. Returns the Grant."""
+    g = (m or {}).get("gpu") or {}
+    src = g.get("devices") or []
+    grant = grants.of_spec(spec, nvidia_runtime)
+    used = "the checkpoint holds CUDA state of %d process(es) on %d GPU(s) (%s)" % (
+        len(g.get("processes") or ()), len(src), _models(src)) if src else \
+        "the checkpoint holds CUDA state of %d process(es)" % len(g.get("processes") or ())
+    if grant.empty():
+        raise GritError("%s; this container's spec grants %s" % (used, grant.describe()),
+                        kind="gpu")
+    if grant.count() is not None and grant.count() < max(1, len(src)):
+        raise GritError("%s; this container's spec grants %d GPU(s) (%s)"
+                        % (used, grant.count(), grant.describe()), kind="gpu")
+    return grant
+
+
+def check_destination(m, conf, bundle=None, spec=None, nvidia_runtime=False):
+    """Refuse a checkpoint with CUDA state this container or node cannot host (the GPUs its
+    spec grants, count, model, driver). Returns the GPU UUID pairs the restore remaps
+    (possibly none), or None when the checkpoint holds no CUDA state."""
     g = (m or {}).get("gpu") or {}
     if not g.get("processes"):
         return None
     src = g.get("devices") or []
     if conf.cuda.get("enabled") == "never":
         raise GritError("checkpoint holds CUDA state but cuda.enabled is 'never' here", kind="gpu")
+    if spec is None and bundle:
+        spec = _spec_of(bundle)
+    grant = check_grant(m, spec, nvidia_runtime)
     if not src:
         # the source recorded no GPU inventory: all we can check is that a helper is here
         _helper.for_config(conf, required=True)
@@ -54,8 +77,7 @@ def check_destination(m, conf, bundle=None):
     inv = discovery.inventory()
     if not inv or not inv["devices"]:
         raise GritError("checkpoint holds CUDA state of %d GPU(s) (%s); this node has no NVIDIA GPU"
-                        % (len(src), ", ".join(sorted({d.get("name", "?") for d in src})) or "?"),
-                        kind="gpu")
+                        % (len(src), _models(src)), kind="gpu")
     if len(inv["devices"]) < len(src):
         raise GritError("checkpoint used %d GPU(s); this node has %d" % (len(src), len(inv["devices"])),
                         kind="gpu")
@@ -69,4 +91,9 @@ def check_destination(m, conf, bundle=None):
     if want and inv.get("driver_version") and want.split(".")[0] != inv["driver_version"].split(".")[0]:
         raise GritError("checkpoint made with NVIDIA driver %s; this node has %s"
                         % (want, inv["driver_version"]), kind="gpu")
-    return device_pairs(src, visible_devices(inv, bundle))
+    visible = grant.select(inv["devices"])
+    if len(visible) < len(src):
+        raise GritError("the checkpoint used %d GPU(s); this container's spec grants %s, of which "
+                        "%d are on this node" % (len(src), grant.describe(), len(visible)),
+                        kind="gpu")
+    return device_pairs(src, visible)

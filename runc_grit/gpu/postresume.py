@@ -12,52 +12,46 @@ from runc_grit.gpu import helper as _helper
 from runc_grit.gpu import records
 
 
-def gpu_node_script(spec_devices, present):
-    """Shell commands that make a container's /dev/nvidiaN nodes those of its spec: create
-    the missing ones, remove GPU nodes the spec does not list. Pure."""
-    want = {}
-    for d in spec_devices or []:
-        path = d.get("path", "")
-        if path.startswith("/dev/nvidia") and d.get("type", "c") == "c":
-            want[path] = d
-    cmds = []
-    for path, d in sorted(want.items()):
-        if path not in present:
-            cmds.append("mknod -m %o %s c %d %d && chown %d:%d %s" % (
-                d.get("fileMode", 0o666) & 0o7777, path, int(d["major"]), int(d["minor"]),
-                int(d.get("uid", 0)), int(d.get("gid", 0)), path))
-    for path in sorted(present):
-        if path[11:].isdigit() and path not in want:
-            cmds.append("rm -f %s" % path)
-    return cmds
-
-
 def sync_gpu_nodes(init_pid, bundle):
-    """Apply gpu_node_script inside the container's mount namespace (nsenter)."""
+    """/dev of the restored container made to hold the GPUs of its spec (gpu.devnodes)."""
     if not bundle:
         return
+    from runc_grit.gpu import devnodes
     from runc_grit.oci import spec as _spec
     try:
-        devices = ((_spec.load(bundle).get("linux") or {}).get("devices")) or []
+        spec = _spec.load(bundle)
     except GritError:
         return
-    root = "/proc/%d/root/dev" % int(init_pid)
+    devnodes.sync(init_pid, spec)
+
+
+def post_restore(init_pid, st):
+    """CRIU's post-restore (tasks restored, not yet running): the container's /dev holds the
+    GPU nodes its spec grants and no others. Returns (made, removed)."""
+    bundle = (st.read() or {}).get("bundle") if st is not None else None
+    from runc_grit.gpu import devnodes
+    from runc_grit.oci import spec as _spec
+    if not bundle:
+        raise GritError("post-restore: the container's bundle is not known", kind="gpu")
+    return devnodes.sync(init_pid, _spec.load(bundle))
+
+
+def _has_gpu_nodes(spec):
+    return any(str(d.get("path", "")).startswith("/dev/nvidia")
+               for d in ((spec or {}).get("linux") or {}).get("devices") or [])
+
+
+def wants_gpu_nodes(m, spec, image_dir=None):
+    """Must a restore of m (from image_dir) into spec make /dev's GPU nodes the spec's? When
+    the checkpoint came from a container with GPUs (its manifest, its spec.dump), or the spec
+    grants some."""
+    if (m or {}).get("gpu") or _has_gpu_nodes(spec):
+        return True
     try:
-        present = {"/dev/" + n for n in os.listdir(root) if n.startswith("nvidia")}
-    except OSError as e:
-        raise GritError("cannot read the container's /dev: %s" % e.strerror, kind="gpu") from None
-    cmds = gpu_node_script(devices, present)
-    if not cmds:
-        return
-    try:
-        p = subprocess.run(["nsenter", "-t", str(int(init_pid)), "-m", "--", "sh", "-ec",
-                            "; ".join(cmds)], capture_output=True, timeout=30,
-                           stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise GritError("GPU device nodes for the remap: %s" % e, kind="gpu") from None
-    if p.returncode != 0:
-        raise GritError("GPU device nodes for the remap: %s"
-                        % p.stderr.decode("utf-8", "replace").strip()[-300:], kind="gpu")
+        with open(os.path.join(image_dir, "spec.dump")) as f:
+            return _has_gpu_nodes(json.load(f))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _manifest_gpu(image_dir):
@@ -89,9 +83,10 @@ def post_resume(init_pid, st, conf, image_dir=None, log=None, pairs=None):
         if src and src.get("devices"):
             inv = discovery.inventory()
             bundle = (st.read() or {}).get("bundle") if st is not None else None
-            pairs = destination.device_pairs(src["devices"], destination.visible_devices(inv, bundle))
+            pairs = destination.device_pairs(src["devices"], destination.visible_devices(
+                inv, bundle, os.environ.get("RUNC_GRIT_NVIDIA_RUNTIME") == "1"))
     pairs = [tuple(x) for x in pairs or ()]
-    if pairs and st is not None:
+    if pairs and st is not None and not os.environ.get("RUNC_GRIT_GPU_NODES"):
         # CRIU brought back the source's /dev (a tmpfs, dumped with its contents): the
         # source GPU's node is there, the destination's is not, and the driver cannot open
         # the GPU it remaps onto. Make /dev hold the GPUs of this container's spec.

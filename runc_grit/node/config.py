@@ -22,9 +22,12 @@ DEFAULTS = {
     "verify": "size",
     "restore_cgroups": "ignore",
     "signing_key": None,
+    "trusted_keys": ["/etc/runc-grit/trusted.d"],
     "require_signature": True,
     "staging": "auto",
     "staging_dir": "/var/lib/runc-grit/staging",
+    "tenant_transfers": [],
+    "max_checkpoint_age": 0,
     "privilege_check": "enforce",
     "device_env": "refuse",
     "cuda": {

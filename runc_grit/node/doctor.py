@@ -103,14 +103,27 @@ def _trust_checks(conf):
         out.append(Check("signatures", False, "require_signature is false: unsigned checkpoints "
                          "are restored (an explicit choice; pods can point at any image under "
                          "the checkpoint roots)", blocker=False))
-    elif not conf.signing_key:
-        out.append(Check("signatures", False, "require_signature is true but no signing_key is "
-                         "set: every restore is refused (install/install.sh makes a key)"))
     else:
         try:
-            key = integrity.load_key(conf.signing_key)
-            out.append(Check("signatures", True, "required; key %s (id %s)"
-                             % (conf.signing_key, integrity.key_id(key))))
+            key = integrity.load_signer(conf.signing_key) if conf.signing_key else None
+            trusted = integrity.trusted_keys(conf, key)
+            if key is None and not trusted:
+                out.append(Check("signatures", False, "require_signature is true but there is "
+                                 "no signing_key and no trusted key: every restore is refused "
+                                 "(install/install.sh makes a key)"))
+            elif key is None:
+                out.append(Check("signatures", True, "required; trusts %s; no signing_key: this "
+                                 "node's checkpoints are unsigned (refused where signatures are "
+                                 "required)" % integrity.describe(trusted), blocker=False))
+            elif key.symmetric:
+                out.append(Check("signatures", False, "required; key %s (id %s) is a symmetric "
+                                 "key: any node that verifies can also sign; use an Ed25519 key "
+                                 "for a cluster (runc-grit keygen)" % (conf.signing_key,
+                                                                      key.key_id),
+                                 blocker=False))
+            else:
+                out.append(Check("signatures", True, "required; Ed25519 key %s (id %s); trusts %s"
+                                 % (conf.signing_key, key.key_id, integrity.describe(trusted))))
         except GritError as e:
             out.append(Check("signatures", False, e.message))
     mode = conf.privilege_check

@@ -35,6 +35,8 @@ class Request:
         self.restore = None   # checkpoint.source.RestoreRequest
         self.info = None      # the runtime's `state` of the container (checkpoint)
         self.timings = {}     # seconds per step, recorded in the container's state
+        self.rootfs_touched = False  # a restore began changing the new rootfs (its diff)
+        self.gpu_nodes = False  # /dev's GPU nodes made the spec's at CRIU's post-restore
 
     @property
     def cid(self):
@@ -52,9 +54,13 @@ class Request:
     def give_up(self, error, why=None):
         """A restore that was refused or failed. Policy 'fresh': the create the caller asked
         for, from scratch (why: the warning; error's message by default); else the
-        container's state goes and error is raised."""
+        container's state goes and error is raised. Never fresh once the restore changed
+        the rootfs: a container would start on another checkpoint's files."""
         if self.restore is not None and self.restore.policy == "fresh":
-            return self.fresh(why or error.message)
+            if not self.rootfs_touched:
+                return self.fresh(why or error.message)
+            self.log.warning("policy 'fresh' not applied: the restore had already written the "
+                             "checkpoint's rootfs diff into the new rootfs")
         self.st.remove()
         raise error
 
@@ -79,6 +85,8 @@ class Runtime:
     # its `delete` of a container its checkpoint removed fails in words containerd's shim
     # does not take for "already gone" (crun)
     deletes_checkpointed = False
+    # acts on NVIDIA_VISIBLE_DEVICES (gpu.grants)
+    nvidia_runtime = False
 
     def __init__(self, delegate):
         self.rt = delegate

@@ -5,3 +5,4 @@ from runc_grit.runtimes.runc import Runc
 
 class NvidiaContainerRuntime(Runc):
     name = "nvidia-container-runtime"
+    nvidia_runtime = True

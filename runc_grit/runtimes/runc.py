@@ -44,7 +44,7 @@ class Runc(Runtime):
         t0 = time.monotonic()
         try:
             self.require_checkpoint("restore of %s" % req.cid)
-            image_dir, m, real = source.validate(req.restore.path, conf)
+            image_dir, m, real = source.validate(req.restore.path, conf, spec=req.spec)
         except GritError as e:
             return req.give_up(e, "restore from %s refused: %s" % (req.restore.path, e.message))
         req.timings = {"verify_s": time.monotonic() - t0}
@@ -55,7 +55,9 @@ class Runc(Runtime):
                 compat.check(m, where, os.path.basename(self.rt.path), criu_version(conf),
                              _spec.annotations(req.spec))
                 compat.check_device_env(image_dir, req.spec, conf, req.log, where)
-                pairs = destination.check_destination(m, conf, req.bundle)
+                pairs = destination.check_destination(m, conf, req.bundle, req.spec,
+                                                       self.nvidia_runtime)
+                req.gpu_nodes = postresume.wants_gpu_nodes(m, req.spec, image_dir)
                 _apply_rootfs_diff(image_dir, req)
                 lines = self.restore_criu_options(req, image_dir)
                 if lines:
@@ -83,6 +85,7 @@ class Runc(Runtime):
                             kind="usage")
         for flag in dropped:
             req.log.debug("restore has no --%s; dropped" % flag)
+        rargs[-1:-1] = privileges.restore_flags(req.spec, self.name)  # the spec's LSM label
         rargs = self.translate(_argv.parse(rargs), rargs)
         st.write({"id": cid, "bundle": req.bundle, "created": time.time(),
                   "restored_from": real, "annotation": req.restore.annotation,
@@ -92,6 +95,8 @@ class Runc(Runtime):
         extra = {"RUNC_GRIT_IMAGE_DIR": image_dir}
         if pairs is not None:
             extra["RUNC_GRIT_DEVICE_PAIRS"] = json.dumps(pairs)
+        if req.gpu_nodes:
+            extra["RUNC_GRIT_GPU_NODES"] = "1"
         if detach:
             procs.become_subreaper()
         rc, _ = procs.run(self.rt.command(rargs), env=hook_env(conf, st, extra),
@@ -112,7 +117,7 @@ class Runc(Runtime):
                 st.mark_restored()
             req.log.debug("restored %s in %.3fs" % (cid, elapsed))
             return 0 if detach else rc
-        reason = reason or failure_reason(inv, work, rc)
+        reason = reason or failure_reason(inv, work, rc, conf.state_dir, cid)
         self.rt.force_delete(cid)
         self.rt.release_restore_mounts(cid)
         if detach:
@@ -130,7 +135,7 @@ class Runc(Runtime):
         extra = {"RUNC_GRIT_IMAGE_DIR": image_dir}
         pairs = None
         try:
-            m = source.verify_given(image_dir, conf, source.is_kubernetes(req.spec))
+            m = source.verify_given(image_dir, conf, source.is_kubernetes(req.spec), req.spec)
             if m is not None or source.is_kubernetes(req.spec):
                 # a Kubernetes container's image came from its pod spec (containerd's
                 # checkpoint restore): checked like a restore-on-create
@@ -139,7 +144,10 @@ class Runc(Runtime):
                 compat.check(m, where, os.path.basename(self.rt.path), criu_version(conf),
                              _spec.annotations(req.spec))
                 compat.check_device_env(image_dir, req.spec, conf, req.log, where)
-                pairs = destination.check_destination(m, conf, req.bundle)
+                pairs = destination.check_destination(m, conf, req.bundle, req.spec,
+                                                       self.nvidia_runtime)
+                if postresume.wants_gpu_nodes(m, req.spec, image_dir):
+                    extra["RUNC_GRIT_GPU_NODES"] = "1"
             lines = self.restore_criu_options(req, image_dir)
             if lines:
                 prepare_spec(req, "runtime" if inv.value("manage-cgroups-mode") else None, lines)
@@ -148,6 +156,11 @@ class Runc(Runtime):
             raise
         if pairs is not None:
             extra["RUNC_GRIT_DEVICE_PAIRS"] = json.dumps(pairs)
+        lsm = privileges.restore_flags(req.spec, self.name)  # the spec's LSM label, for CRIU
+        if lsm and inv.value("lsm-profile") is None:  # a caller's own choice stands
+            inv = _argv.Invocation(inv.globals, inv.command,
+                                   inv.flags + [("lsm-profile", lsm[1])], inv.args)
+            req.args = inv.render()
         st.write({"id": cid, "bundle": req.bundle, "created": time.time(),
                   "restored_from": image_dir, "phase": "restoring", "root": self.rt.root()})
         rc, _ = procs.run(self.rt.command(self.translate(inv, req.args)),
@@ -183,6 +196,7 @@ class Runc(Runtime):
                          and predump.may_have_cuda(info["pid"], conf))
         st = req.st
         had_state = st.exists()
+        made = not os.path.lexists(image_dir)  # by runc-grit: may be read in place later
         with st:
             manifest.prepare_dir(image_dir, "checkpoint of %s" % cid)
             records.reset_records(st)
@@ -239,6 +253,7 @@ class Runc(Runtime):
             if diff is not None:
                 m["rootfs_diff"] = {"entries": diff[0], "deleted": diff[1]}
             manifest.commit(image_dir, m, conf)
+            _remember_made(image_dir, made, conf, log)
             log.debug("checkpoint of %s committed to %s (%d files, %.3fs)"
                       % (cid, image_dir, len(images), dump_s))
             if resumed:
@@ -250,6 +265,19 @@ class Runc(Runtime):
                 elif not had_state:
                     st.remove()
             return 0
+
+
+def _remember_made(image_dir, made, conf, log):
+    """A dir this checkpoint created is recorded as this node's (checkpoint.provenance)."""
+    from runc_grit.checkpoint import provenance
+    try:
+        if made:
+            provenance.remember(image_dir, conf.state_dir)
+        else:
+            provenance.forget(image_dir, conf.state_dir)
+    except OSError as e:
+        log.warning("cannot record %s as made here (%s); restores will copy it"
+                    % (image_dir, e.strerror))
 
 
 def _remember_removed(st, info):
@@ -417,35 +445,19 @@ def criu_version(conf):
     return procs.version_of(path, cache_dir=conf.state_dir)
 
 
-def failure_reason(inv, work_dir, rc):
+def failure_reason(inv, work_dir, rc, state_dir=None, cid=None):
+    """Why a runtime run failed: the runtime's last --log error and CRIU's cause line, hint
+    and log (runtimes.criulog; the log kept under state_dir when the container goes)."""
     parts = []
     log_path = inv.global_value("log")
     msg = last_error(log_path) if log_path else None
     if msg:
         parts.append(msg)
-    criu_err = _criu_error(work_dir, ("restore.log", "dump.log"))
+    from runc_grit.runtimes import criulog
+    criu_err = criulog.explain(work_dir, ("restore.log", "dump.log"), state_dir, cid)
     if criu_err:
-        parts.append("criu: " + criu_err)
+        parts.append(criu_err)
     return "; ".join(parts) or "runtime exited with status %d" % rc
-
-
-def _criu_error(work_dir, names):
-    if not work_dir:
-        return None
-    for name in names:
-        try:
-            with open(os.path.join(work_dir, name), "rb") as f:
-                lines = f.read()[-200000:].decode("utf-8", "replace").splitlines()
-        except OSError:
-            continue
-        if not any("FAILED" in ln for ln in lines):
-            # CRIU did not reach its own failure report: it was killed
-            return "%s ends without a result (CRIU was killed?)" % name
-        errs = [ln.split("):", 1)[-1].strip() for ln in lines if "Error (" in ln]
-        # the last error is the one that stopped CRIU; earlier ones are often harmless
-        if errs:
-            return errs[-1][:300]
-    return None
 
 
 def _apply_rootfs_diff(image_dir, req):
@@ -453,6 +465,8 @@ def _apply_rootfs_diff(image_dir, req):
     from runc_grit.checkpoint import rootfsdiff
     root = (req.spec.get("root") or {}).get("path") or "rootfs"
     rootfs = root if os.path.isabs(root) else os.path.join(req.bundle, root)
+    if os.path.lexists(os.path.join(image_dir, rootfsdiff.DIFF)):
+        req.rootfs_touched = True
     done = rootfsdiff.apply(image_dir, rootfs)
     if done:
         req.log.debug("rootfs diff applied to %s: %d entries, %d deleted" % ((rootfs,) + done))

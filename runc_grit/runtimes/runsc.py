@@ -299,7 +299,8 @@ class Runsc(Runtime):
         conf, rt = req.conf, req.rt
         bundle, spec, ask = req.bundle, req.spec, req.restore
         try:
-            image_dir, m, real = source.validate(ask.path, conf, image_format="gVisor")
+            image_dir, m, real = source.validate(ask.path, conf, image_format="gVisor",
+                                                 spec=spec)
         except GritError as e:
             return req.give_up(e, "restore from %s refused: %s" % (ask.path, e.message))
         try:  # image_dir: a verified copy (staging: copy), released whatever happens
@@ -314,7 +315,7 @@ class Runsc(Runtime):
                                     kind="gpu")
                 if (m or {}).get("gpu", {}).get("devices"):
                     from runc_grit.gpu import destination
-                    destination.check_destination(m, conf, bundle)
+                    destination.check_destination(m, conf, bundle, spec)
             except GritError as e:
                 return req.give_up(e, "restore from %s refused: %s" % (ask.path, e.message))
             return self._restore(req, image_dir, real, cuda_pids)

@@ -238,14 +238,15 @@ grit_version() {
 grit_config() {
 	local dir=$1
 	mkdir -p "$dir/state" "$dir/checkpoints"
-	# a node's own signing key, as install/install.sh writes one (signatures are required)
-	[ -s "$dir/signing.key" ] || (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$dir/signing.key" && echo >>"$dir/signing.key")
+	# a node's own Ed25519 key pair, as install/install.sh makes one (signatures are required)
+	[ -s "$dir/signing.key" ] || runc-grit keygen --out "$dir" >/dev/null
 	cat >"$dir/config.yaml" <<-EOF
 		# runc-grit's config for runc's bats suite (written by tests/runc-bats/run.sh), a
 		# node's config as install/install.sh writes it, with private dirs
 		runtime: $REAL_RUNC
 		state_dir: $dir/state
 		signing_key: $dir/signing.key
+		trusted_keys: []
 		checkpoint_roots:
 		  - $dir/checkpoints
 	EOF

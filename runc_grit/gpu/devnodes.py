@@ -1,0 +1,64 @@
+"""A restored container's GPU device nodes: those its spec grants, no others.
+
+CRIU brings back the source's /dev (a tmpfs, dumped with its contents): the source GPU's
+/dev/nvidiaN is there, whatever the new spec grants, and the destination's may be missing
+(the driver then refuses a remap onto it). Before the restored process runs again (CRIU's
+post-restore action, tasks still stopped), /dev is made to hold the spec's /dev/nvidiaN nodes
+and no other: missing ones are made, others removed. The work is done from the node through
+the init's /proc/<pid>/root/dev, opened with O_NOFOLLOW (a /dev that is a symlink is
+refused), with the *at calls: nothing of the container's image is run.
+"""
+import os
+import stat
+
+from runc_grit.errors import GritError
+
+
+def _is_gpu(name):
+    return name.startswith("nvidia") and name[6:].isdigit()
+
+
+def plan(spec_devices, present):
+    """(create, remove): the spec's /dev/nvidiaN devices missing from present (names in
+    /dev), and the present GPU nodes the spec does not list. Pure."""
+    want = {}
+    for d in spec_devices or []:
+        name = str(d.get("path", ""))[5:] if str(d.get("path", "")).startswith("/dev/") else ""
+        if _is_gpu(name) and d.get("type", "c") == "c":
+            want[name] = d
+    create = [want[n] for n in sorted(want) if n not in present]
+    remove = sorted(n for n in present if _is_gpu(n) and n not in want)
+    return create, remove
+
+
+def sync(init_pid, spec):
+    """Apply plan() to the /dev of the restored init init_pid. Returns (made, removed)."""
+    devices = ((spec or {}).get("linux") or {}).get("devices") or []
+    try:
+        root = os.open("/proc/%d/root" % int(init_pid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open("dev", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=root)
+        finally:
+            os.close(root)
+    except OSError as e:
+        raise GritError("the restored container's /dev: %s" % e.strerror, kind="gpu") from None
+    try:
+        create, remove = plan(devices, set(os.listdir(fd)))
+        for name in remove:
+            os.unlink(name, dir_fd=fd)
+        for d in create:
+            name = d["path"][5:]
+            old = os.umask(0)  # the spec's fileMode, exactly
+            try:
+                os.mknod(name, stat.S_IFCHR | (int(d.get("fileMode", 0o666)) & 0o777),
+                         os.makedev(int(d["major"]), int(d["minor"])), dir_fd=fd)
+            finally:
+                os.umask(old)
+            os.chown(name, int(d.get("uid", 0)), int(d.get("gid", 0)), dir_fd=fd,
+                     follow_symlinks=False)
+        return [d["path"] for d in create], ["/dev/" + n for n in remove]
+    except OSError as e:
+        raise GritError("the restored container's GPU device nodes: %s" % e, kind="gpu") from None
+    finally:
+        os.close(fd)
