@@ -45,21 +45,29 @@ BIN=/usr/local/bin/runc-grit
 mkdir -p "$REC"
 say() { echo "runc-grit install: $*"; }
 
-# 1. the venv and its launcher (python -S, no site scan on the runc path)
+# 1. the venv and its launcher (python -S, no site scan on the runc path). The launcher is
+# runc-grit-node beside pip's console script: pip removes and rewrites its own script on every
+# upgrade, and containerd calling runc-grit in that moment would find nothing; the launcher is
+# only ever replaced atomically (make_launcher.py), and so is the link to it.
+LAUNCHER=${VENV:+$VENV/bin/runc-grit}
 if [ -z "$VENV" ]; then
   VENV=$PREFIX/venv
+  LAUNCHER=$VENV/bin/runc-grit-node
   if [ ! -x "$DESTDIR$VENV/bin/python" ]; then
     python3 -m venv "$DESTDIR$VENV"
     echo "$VENV" > "$REC/venv-created"
   fi
   "$DESTDIR$VENV/bin/python" -m pip install -q --disable-pip-version-check "$SRC"
-  "$DESTDIR$VENV/bin/python" "$SRC/install/make_launcher.py" "$DESTDIR$VENV/bin/runc-grit"
+  "$DESTDIR$VENV/bin/python" "$SRC/install/make_launcher.py" "$DESTDIR$LAUNCHER"
 fi
 mkdir -p "$DESTDIR/usr/local/bin"
-if [ "$(readlink "$DESTDIR$BIN" 2>/dev/null)" != "$VENV/bin/runc-grit" ]; then
-  [ -e "$DESTDIR$BIN" ] && [ ! -e "$REC/bin.orig" ] && cp -a "$DESTDIR$BIN" "$REC/bin.orig"
-  ln -sfn "$VENV/bin/runc-grit" "$DESTDIR$BIN"
-  say "linked $BIN -> $VENV/bin/runc-grit"
+if [ "$(readlink "$DESTDIR$BIN" 2>/dev/null)" != "$LAUNCHER" ]; then
+  case "$(readlink "$DESTDIR$BIN" 2>/dev/null)" in
+    "$VENV"/*) ;;  # an earlier install's link: not the machine's original
+    *) [ -e "$DESTDIR$BIN" ] && [ ! -e "$REC/bin.orig" ] && cp -a "$DESTDIR$BIN" "$REC/bin.orig" ;;
+  esac
+  ln -sfn "$LAUNCHER" "$DESTDIR$BIN.tmp.$$" && mv -Tf "$DESTDIR$BIN.tmp.$$" "$DESTDIR$BIN"
+  say "linked $BIN -> $LAUNCHER"
 fi
 
 # 2. the node's own signing key (Ed25519, 0600, root): its checkpoints are signed with it;

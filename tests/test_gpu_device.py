@@ -278,3 +278,85 @@ def test_restore_onto_another_gpu_by_uuid_remap(g):
     ref = reference(log, max(seen), env)
     assert all(seen[n][0] == ref[n][0] for n in seen)
     print("remapped run: %d steps bit-identical" % len(seen))
+
+
+def _restore_into(g, name, log, img, devices, ann=None, env=None, hook=False):
+    """A restore of img into a new GPU bundle: its GPU device nodes, annotations, env, and
+    (hook) an NVIDIA prestart hook (a no-op stand-in for nvidia-container-runtime-hook)."""
+    import json
+    b = make_gpu_bundle(os.path.join(g.dir, name), g.logs, log,
+                        dict({"APP_MIB": "256", "APP_TICK": "0.05"}, **(env or {})),
+                        dict({"grit.dev/restore-from": img}, **(ann or {})), devices)
+    if hook:
+        path = os.path.join(g.dir, "nvidia-container-runtime-hook")
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\nexit 0\n")
+        os.chmod(path, 0o755)
+        p = os.path.join(b, "config.json")
+        spec = json.load(open(p))
+        spec["hooks"] = {"prestart": [{"path": path, "args": [path, "prestart"]}]}
+        json.dump(spec, open(p, "w"))
+    p, out = g.grit.create_with_pipes(b, name)
+    return b, p
+
+
+def _gpu_pids():
+    out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout
+    return sorted(int(x) for x in out.split() if x.strip().isdigit())
+
+
+def test_a_spec_that_grants_no_gpu_is_refused_and_nothing_reaches_the_gpu(g):
+    log = os.path.join(g.logs, "ng.log")
+    b = start(g, "ng", "ng", "ng.log", env={"APP_MIB": "256"})
+    wait_steps(log, 3)
+    img = os.path.join(g.ckroot, "ng")
+    assert ckpt(g, b, "ng", img)[0].returncode == 0
+    g.grit.run(b, "delete", "ng")
+    before = _gpu_pids()
+    b2, p = _restore_into(g, "ng2", "ng.log", img, devices=[])
+    assert p.returncode != 0
+    err = g.grit.log_error(b2)
+    print("refused:", err)
+    assert "CUDA state of 1 process(es) on 1 GPU(s)" in err and "grants no GPU" in err, err
+    assert g.grit.state("ng2") is None and not os.path.exists(os.path.join(g.state_dir, "ng2"))
+    print("GPU processes before %s, after %s" % (before, _gpu_pids()))
+    assert _gpu_pids() == before
+
+
+@pytest.mark.parametrize("way", ["linux.devices", "CDI", "NVIDIA_VISIBLE_DEVICES+hook"])
+def test_a_spec_granting_gpu0_restores_through_each_way(g, way):
+    """GPU 0 granted as the NVIDIA stack grants it: a device node in linux.devices, a CDI
+    device in the annotations, NVIDIA_VISIBLE_DEVICES with the NVIDIA hook. The restored job
+    continues bit-identical, with /dev/nvidia0 and no other GPU node."""
+    from runc_grit.gpu import discovery
+    d0 = sorted(discovery.inventory()["devices"], key=lambda d: d["index"])[0]
+    log = os.path.join(g.logs, "w.log")
+    env = {"APP_MIB": "256"}
+    b = start(g, "w0", "w0", "w.log", env=env, devices=[d0["minor"]])
+    wait_steps(log, 5)
+    img = os.path.join(g.ckroot, "w")
+    assert ckpt(g, b, "w0", img)[0].returncode == 0
+    s = max(read_steps(log))
+    g.grit.run(b, "delete", "w0")
+    kw = {"linux.devices": dict(devices=[d0["minor"]]),
+          "CDI": dict(devices=[], ann={"cdi.k8s.io/gpu": "nvidia.com/gpu=0"}),
+          "NVIDIA_VISIBLE_DEVICES+hook": dict(devices=[], env={"NVIDIA_VISIBLE_DEVICES": "0"},
+                                              hook=True)}[way]
+    b1, p = _restore_into(g, "w1", "w.log", img, **kw)
+    assert p.returncode == 0, g.grit.log_error(b1)
+    assert g.grit.run(b1, "start", "w1").returncode == 0
+    try:
+        wait_steps(log, s + 10, timeout=60)
+    except AssertionError:
+        diagnose(g, "w1")
+        raise
+    pid = g.grit.state("w1")["pid"]
+    nodes = sorted(n for n in os.listdir("/proc/%d/root/dev" % pid)
+                   if n.startswith("nvidia") and n[6:].isdigit())
+    assert nodes == ["nvidia%d" % d0["minor"]], nodes
+    g.grit.run(b1, "delete", "--force", "w1")
+    seen = read_steps(log)
+    ref = reference(log, max(seen), env)
+    assert all(seen[n][0] == ref[n][0] for n in seen)
+    print("%s: restored through %s, %d steps bit-identical" % (way, way, len(seen)))

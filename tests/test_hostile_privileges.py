@@ -28,11 +28,26 @@ def henv(workdir):
 
 def _bundle(e, name, annotations=None, rootfs_from=None, seccomp=SECCOMP):
     """The unprivileged spec of test_security (no capabilities, noNewPrivileges), with a
-    read-only rootfs and the given seccomp profile; runc's masked and read-only paths."""
+    read-only rootfs and the given seccomp profile; runc's masked and read-only paths; and,
+    as a pod's service account token, a read-only bind at /var/run/secrets where the rootfs
+    has Debian's /var/run -> ../run (the runtime mounts it at /run/secrets)."""
+    if rootfs_from is None:
+        rootfs = os.path.join(e.dir, "base-rootfs")
+        if not os.path.isdir(rootfs):
+            from runc_grit.oci import bundle
+            bundle.make_rootfs(rootfs)
+            os.makedirs(os.path.join(rootfs, "var"))
+            os.makedirs(os.path.join(rootfs, "run"))
+            os.symlink("../run", os.path.join(rootfs, "var", "run"))
+        rootfs_from = rootfs
+    secrets = os.path.join(e.dir, "secrets")
+    os.makedirs(secrets, exist_ok=True)
     b = _unprivileged(e, name, annotations, rootfs_from)
     path = os.path.join(b, "config.json")
     spec = json.load(open(path))
     spec["root"]["readonly"] = True
+    spec["mounts"].append({"destination": "/var/run/secrets", "type": "bind", "source": secrets,
+                           "options": ["rbind", "ro", "nosuid", "nodev"]})
     if seccomp is not None:
         spec["linux"]["seccomp"] = seccomp
     json.dump(spec, open(path, "w"))
@@ -143,8 +158,9 @@ def test_seccomp_profile_must_be_the_sources_and_a_legit_restore_continues(henv)
     """The destination spec's seccomp profile allows everything, the source's did not: CRIU
     would restore the source's filter under a spec that says another, so it is refused (no
     edit and no key needed: the spec is the pod's). The same checkpoint into the source's own
-    spec (seccomp, read-only rootfs, masked and read-only paths) restores and continues, with
-    its filter, its read-only /proc/sys and /sys, and its masked paths."""
+    spec (seccomp, read-only rootfs, masked and read-only paths, a bind a rootfs symlink moves)
+    restores and continues, with its filter, its read-only /proc/sys and /sys, its masked
+    paths and its bind."""
     e = henv
     src = _bundle(e, "src")
     out = _run(e, src, "src")
@@ -170,3 +186,4 @@ def test_seccomp_profile_must_be_the_sources_and_a_legit_restore_continues(henv)
     # whatever the image and the spec say, plain runc too; CRIU 4.2 restores it read-only)
     assert "ro" in mi["/proc/sys"] and "ro" in mi["/sys"], mi
     assert "/sys/firmware" in mi and "/proc/keys" in mi, mi
+    assert "ro" in mi["/run/secrets"], mi   # the spec's /var/run/secrets, through the symlink

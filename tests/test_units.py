@@ -512,17 +512,28 @@ def test_version_cache_runs_the_binary_once_per_build(tmp_path):
 # --- GPU device nodes after a remap ---------------------------------------------------------
 
 def test_gpu_nodes_plan_makes_dev_match_the_spec():
-    from runc_grit.gpu.devnodes import plan
+    from runc_grit.gpu.devnodes import plan, wanted
     spec_devices = [
         {"path": "/dev/nvidia1", "type": "c", "major": 195, "minor": 1, "fileMode": 0o666,
          "uid": 0, "gid": 0},
         {"path": "/dev/nvidiactl", "type": "c", "major": 195, "minor": 255},
         {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229},
     ]
-    create, remove = plan(spec_devices, {"nvidia0", "nvidiactl", "nvidia-uvm", "null"})
+    want = wanted({"linux": {"devices": spec_devices}})
+    create, remove = plan(want, {"nvidia0", "nvidiactl", "nvidia-uvm", "null"})
     assert [d["path"] for d in create] == ["/dev/nvidia1"] and remove == ["nvidia0"]
-    assert plan(spec_devices, {"nvidia1", "nvidiactl"}) == ([], [])
-    assert plan([], {"nvidia0", "nvidia3", "nvidiactl"}) == ([], ["nvidia0", "nvidia3"])
+    assert plan(want, {"nvidia1", "nvidiactl"}) == ([], [])
+    assert plan({}, {"nvidia0", "nvidia3", "nvidiactl"}) == ([], ["nvidia0", "nvidia3"])
+    # a GPU granted by CDI or NVIDIA_VISIBLE_DEVICES (+ the hook): the node's GPU of that
+    # index or UUID, by its minor; the legacy hook's bind-mounted nodes stay
+    inv = lambda: {"devices": [{"index": 0, "minor": 0, "uuid": "GPU-a"},  # noqa: E731
+                               {"index": 1, "minor": 3, "uuid": "GPU-b"}]}
+    cdi = {"annotations": {"cdi.k8s.io/gpu": "nvidia.com/gpu=GPU-b"}}
+    assert plan(wanted(cdi, False, inv), {"nvidia3", "nvidia0"}) == ([], ["nvidia0"])
+    hook = {"process": {"env": ["NVIDIA_VISIBLE_DEVICES=0"]},
+            "hooks": {"prestart": [{"path": "/usr/bin/nvidia-container-runtime-hook"}]}}
+    create, remove = plan(wanted(hook, False, inv), {"nvidia3"})
+    assert [(d["major"], d["minor"]) for d in create] == [(195, 0)] and remove == ["nvidia3"]
 
 
 def test_gpu_nodes_sync_works_through_the_inits_root(tmp_path):
@@ -544,7 +555,7 @@ def test_gpu_nodes_sync_works_through_the_inits_root(tmp_path):
             time.sleep(0.05)
         spec = {"linux": {"devices": [{"path": "/dev/nvidia1", "type": "c", "major": 1,
                                        "minor": 3, "fileMode": 0o660, "uid": 0, "gid": 0}]}}
-        made, removed = devnodes.sync(child.pid, spec)
+        made, removed = devnodes.sync(child.pid, spec)  # (no CDI/env grant: no inventory)
     finally:
         child.kill()
     assert made == ["/dev/nvidia1"] and removed == ["/dev/nvidia0"]

@@ -3,7 +3,8 @@
 #   .carry/criu   CRIU 4.1 and xtables-legacy-multi from this machine's private prefix
 #                 (install/deps.sh), with the libraries they load, and the xtables modules
 #   .carry/debs   Debian's runc .deb
-#   .carry/whl    wheels the device's Python 3.12 lacks or has in other versions (jsonschema and
+#   .carry/whl    wheels the device's Python 3.12 lacks or has in other versions (jsonschema,
+#                 cryptography and
 #                 its deps; grpcio, grpcio-tools and protobuf as this machine's venv has them,
 #                 for the CRI tests' client)
 #   .carry/pycriu CRIU's pycriu with its pure-Python protobuf (the privilege check reads images
@@ -95,7 +96,8 @@ find "$C/pycriu" -name __pycache__ -prune -exec rm -rf {} +
 v() { .venv/bin/python -c "import importlib.metadata as m; print(m.version('$1'))"; }
 pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d "$C/whl" jsonschema \
-  jsonschema-specifications referencing rpds-py nvidia-ml-py "grpcio==$(v grpcio)" \
+  jsonschema-specifications referencing rpds-py nvidia-ml-py cryptography cffi pycparser \
+  "grpcio==$(v grpcio)" \
   "grpcio-tools==$(v grpcio-tools)" "protobuf==$(v protobuf)"
 for s in ${CARRY_STACKS:-}; do carry_stack "$s"; done
 # the call carries at most 64 MiB: CRIU 4.1's prefix travels compressed (device_run.sh unpacks)

@@ -32,7 +32,8 @@ def pycriu_path(conf=None):
 def read(image_dir, conf=None, timeout=120, where=None):
     """{"root_ids": {ns: id}, "tasks": [{"pid", "tid", "creds", "ids", "seccomp_mode",
     "seccomp_filters" (filters in the task's chain), "rlimits" ([hard limit by resource
-    number], the thread group leader's)}], "mounts": [{"ns", "mnt_id", "parent_mnt_id",
+    number], the thread group leader's), "sched" ({"nice", "policy", "prio"}), "oom_score_adj"
+    and "loginuid" (the leader's)}], "mounts": [{"ns", "mnt_id", "parent_mnt_id",
     "mountpoint", "fstype", "fsname", "flags", "sb_flags", "root", "source", "ext_key"}],
     "userns": [{"ns", "uid_map", "gid_map"}], "apparmor_namespaces": N,
     "external_mounts": [key, ...]} of image_dir.
@@ -101,10 +102,15 @@ def _decode(image_dir):
             mode = tc.get("seccomp_mode", 0)
             chain = (_chain_length(filters, tc.get("seccomp_filter"))
                      if mode in ("filter", 2) else 0)
-            rl = ((core.get("tc") or {}).get("rlimits") or {}).get("rlimits") or []
+            leader = core.get("tc") or {}
+            rl = (leader.get("rlimits") or {}).get("rlimits") or []
             tasks.append({"pid": item["pid"], "tid": tid, "creds": tc.get("creds") or {},
                           "seccomp_mode": mode, "seccomp_filters": chain,
                           "rlimits": [_int(r.get("max")) for r in rl],
+                          "sched": {k: tc.get("sched_" + k)
+                                    for k in ("nice", "policy", "prio")},
+                          "oom_score_adj": leader.get("oom_score_adj"),
+                          "loginuid": leader.get("loginuid"),
                           "ids": load("ids-%d.img" % item["pid"])[0] if tid == item["pid"]
                           else None})
     keys = set()  # the keys of its external mounts (CRIU's --external mnt[KEY]:PATH)

@@ -24,6 +24,12 @@ spec grants none. So before CRIU runs, the image is compared with the destinatio
   rlimits             every hard limit within the spec's (process.rlimits), or, for those the
                       spec does not set, within runc-grit's own, unless the spec grants
                       CAP_SYS_RESOURCE
+  scheduling          a nice value below runc-grit's, a real-time policy or priority, only as
+                      far as RLIMIT_NICE / RLIMIT_RTPRIO allow, unless CAP_SYS_NICE
+  oom_score_adj       not below the spec's oomScoreAdj (else runc-grit's own), unless
+                      CAP_SYS_RESOURCE
+  loginuid            runc-grit's own once that is set (the audit identity), unless
+                      CAP_AUDIT_CONTROL
   namespaces          a namespace the spec creates (no path): no task in the node's own
   user namespaces     the spec creates one: the image's uid/gid maps are the spec's; the spec
                       creates and joins none: no user namespace in the image
@@ -200,11 +206,57 @@ def _own_label():
         return None
 
 
-def host_facts(spec):
+def resolve_in_rootfs(rootfs, path, limit=64):
+    """path inside the container as the runtime mounts it (runc's securejoin, crun's
+    chroot_realpath): symlinks of rootfs followed, absolute ones from rootfs, never above it;
+    what does not exist stays as written."""
+    parts = [p for p in _norm(path).split("/") if p]
+    done = []
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        here = os.path.join(rootfs, *(done + [part]))
+        if os.path.islink(here) and limit > 0:
+            limit -= 1
+            target = os.readlink(here)
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        done.append(part)
+    return "/" + "/".join(done)
+
+
+def _resolved(spec, bundle):
+    """spec mount destination -> where the runtime mounts it, for those a symlink of the
+    rootfs moves (a destination below another mount of the spec is the runtime's to resolve
+    on that mount, not in the rootfs: left as it is)."""
+    root = (spec.get("root") or {}).get("path") or "rootfs"
+    rootfs = root if os.path.isabs(root) else os.path.join(bundle, root)
+    dests = [_norm(m.get("destination")) for m in spec.get("mounts") or []]
+    out = {}
+    for d in dests:
+        if any(o != d and o != "/" and d.startswith(o + "/") for o in dests):
+            continue
+        try:
+            r = resolve_in_rootfs(rootfs, d)
+        except OSError:
+            continue
+        if r != d:
+            out[d] = r
+    return out
+
+
+def host_facts(spec, bundle=None):
     """What the comparison needs of this node: its LSM (and runc-grit's own SELinux label),
-    runc-grit's hard rlimits (what a container gets for a type its spec does not set), and
-    which of the spec's masked and read-only /proc and /sys paths exist here (the runtime
-    masks only those)."""
+    runc-grit's hard rlimits (what a container gets for a type its spec does not set), which
+    of the spec's masked and read-only /proc and /sys paths exist here (the runtime masks only
+    those), and (bundle given) where the rootfs's symlinks move the spec's mounts."""
     import resource
     lims = []
     for i in range(len(RLIMITS)):
@@ -221,7 +273,18 @@ def host_facts(spec):
             paths.add(p)
     lsm = host_lsm()
     return {"lsm": lsm, "label": _own_label() if lsm == "selinux" else None,
-            "rlimits": lims, "paths": sorted(paths)}
+            "rlimits": lims, "paths": sorted(paths), "nice": os.getpriority(os.PRIO_PROCESS, 0),
+            "oom_score_adj": _read_int("/proc/self/oom_score_adj"),
+            "loginuid": _read_int("/proc/self/loginuid"),
+            "resolved": _resolved(spec, bundle) if bundle else {}}
+
+
+def _read_int(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
 
 
 # --- the comparison --------------------------------------------------------------------------
@@ -341,6 +404,8 @@ def problems(image, spec, source=None, host=None):
                 if int(hard) > limit:
                     add("%s hard limit %s in the image; %s %s"
                         % (name, _limit(int(hard)), whose, _limit(limit)))
+        for text in _sched_problems(t, spec, spec_rl, host_rl, host):
+            add(text)
         for ns in new_ns if t.get("ids") else ():
             key = NAMESPACES.get(ns)
             if key and key in t["ids"] and t["ids"][key] == root_ids.get(key):
@@ -350,6 +415,55 @@ def problems(image, spec, source=None, host=None):
             for text, tids in found.items()]
     out += _userns_problems(image, spec)
     out += _mount_problems(image, spec, host)
+    return out
+
+
+SCHED_FIFO, SCHED_RR, SCHED_DEADLINE = 1, 2, 6
+UNSET_LOGINUID = (1 << 32) - 1
+
+
+def _allowed_limit(name, spec_rl, host_rl):
+    if name in spec_rl:
+        return spec_rl[name]
+    i = RLIMITS.index(name)
+    return host_rl[i] if i < len(host_rl) else None
+
+
+def _sched_problems(t, spec, spec_rl, host_rl, host):
+    """A task's scheduling, OOM score and audit identity: what it could not have set itself.
+    CRIU sets them as root."""
+    out = []
+    sched = t.get("sched") or {}
+    if not _granted(spec, "CAP_SYS_NICE"):
+        nice, base = sched.get("nice"), host.get("nice")
+        rl_nice = _allowed_limit("RLIMIT_NICE", spec_rl, host_rl)
+        if nice is not None and base is not None and nice < base and rl_nice is not None \
+                and rl_nice < 20 - nice:
+            out.append("nice %d in the image; runc-grit's is %d and RLIMIT_NICE (%s) allows "
+                       "no lower than %d without CAP_SYS_NICE"
+                       % (nice, base, _limit(rl_nice), min(base, 20 - min(rl_nice, 40))))
+        policy, prio = sched.get("policy") or 0, sched.get("prio") or 0
+        rl_rt = _allowed_limit("RLIMIT_RTPRIO", spec_rl, host_rl)
+        if policy == SCHED_DEADLINE:
+            out.append("scheduling policy SCHED_DEADLINE in the image; the spec grants no "
+                       "CAP_SYS_NICE")
+        elif policy in (SCHED_FIFO, SCHED_RR) and rl_rt is not None and prio > rl_rt:
+            out.append("real-time scheduling (%s, priority %d) in the image; RLIMIT_RTPRIO "
+                       "allows %s without CAP_SYS_NICE"
+                       % ("SCHED_FIFO" if policy == SCHED_FIFO else "SCHED_RR", prio,
+                          _limit(rl_rt)))
+    adj = t.get("oom_score_adj")
+    want = (spec.get("process") or {}).get("oomScoreAdj")
+    want = host.get("oom_score_adj") if want is None else want
+    if adj is not None and want is not None and int(adj) < int(want) \
+            and not _granted(spec, "CAP_SYS_RESOURCE"):
+        out.append("oom_score_adj %d in the image; the spec's (or runc-grit's) is %d, and lower "
+                   "needs CAP_SYS_RESOURCE" % (int(adj), int(want)))
+    lu, own = t.get("loginuid"), host.get("loginuid")
+    if lu is not None and own is not None and own != UNSET_LOGINUID and int(lu) != own \
+            and not _granted(spec, "CAP_AUDIT_CONTROL"):
+        out.append("loginuid %d in the image; runc-grit's (which the container inherits) is %d"
+                   % (int(lu), own))
     return out
 
 
@@ -383,6 +497,12 @@ def _is_bind(m):
     return m.get("type") == "bind" or "bind" in opts or "rbind" in opts
 
 
+def _node_bind(m, sm):
+    """Whether image mount m is CRIU's own external bind of exactly spec bind sm's source."""
+    return (m.get("ext_key") == AUTODETECTED and sm is not None and _is_bind(sm)
+            and bool(sm.get("source")) and _norm(m.get("source")) == _norm(sm.get("source")))
+
+
 def _option_flags(options):
     """The flags (ro, nosuid, nodev, noexec) a mount's options ask for; the last word wins."""
     want = 0
@@ -407,8 +527,10 @@ def _mount_problems(image, spec, host):
     if not mounts or (_granted(spec, "CAP_SYS_ADMIN") and not userns):
         return []
     spec_at = {}  # path -> the spec's mounts there, in order
+    moved = host.get("resolved") or {}   # a rootfs symlink on the way: where it is mounted
     for m in spec.get("mounts") or []:
-        spec_at.setdefault(_norm(m.get("destination")), []).append(m)
+        d = _norm(m.get("destination"))
+        spec_at.setdefault(moved.get(d, d), []).append(m)
     masked = {_norm(p) for p in linux.get("maskedPaths") or []}
     ro_paths = {_norm(p) for p in linux.get("readonlyPaths") or []}
     cgroups = {p: ms[-1] for p, ms in spec_at.items()
@@ -453,11 +575,14 @@ def _mount_problems(image, spec, host):
             for m in here:
                 key = m.get("ext_key")
                 if key == AUTODETECTED:
-                    # CRIU binds the node's path `source` there: only the node's own mount of
-                    # the filesystem the spec mounts there, one of a namespace the container
-                    # shares with the node (a hostNetwork pod's /sys)
+                    # CRIU binds the node's path `source` there: only the source of the spec's
+                    # bind there (crun keys a bind by its unresolved destination, so CRIU finds
+                    # one a rootfs symlink moves itself), or the node's own mount of the
+                    # filesystem the spec mounts there, of a namespace the container shares
+                    # with the node (a hostNetwork pod's /sys)
                     types = SPEC_FSTYPES.get((sm or {}).get("type"), ())
-                    if not (sm is not None and not _is_bind(sm) and m.get("fstype") in types
+                    if not (_node_bind(m, sm) or sm is not None and not _is_bind(sm)
+                            and m.get("fstype") in types
                             and NS_OF_FSTYPE.get(m.get("fstype")) not in private
                             and _norm(m.get("source")) == path):
                         out.append("%s: CRIU would bind the node's %s there (an external mount "
@@ -475,7 +600,7 @@ def _mount_problems(image, spec, host):
             if sm is not None and len(bottoms) == 1:
                 b = bottoms[0]
                 if _is_bind(sm):
-                    if b.get("ext_key") != path:
+                    if b.get("ext_key") != path and not _node_bind(b, sm):
                         out.append("%s (%s, root %s) in the image; the spec bind-mounts %s "
                                    "there" % (where, _fstype(b), b.get("root"), sm.get("source")))
                 else:
@@ -533,25 +658,32 @@ def _mount_problems(image, spec, host):
 
 
 def source_spec(image_dir):
-    """The source container's spec (the checkpoint's spec.dump), or None."""
-    try:
-        with open(os.path.join(image_dir, SPEC_DUMP), "rb") as f:
-            data = f.read(16 << 20)
-        spec = json.loads(data)
-    except (OSError, ValueError):
-        return None
-    return spec if isinstance(spec, dict) else None
+    """The source container's spec: the checkpoint's spec.dump (listed in its manifest, so as
+    trustworthy as its signature), or None. A raw CRIU dir (no manifest) named `checkpoint`
+    may have it beside itself, as Podman's and containerd's archives lay it out."""
+    paths = [os.path.join(image_dir, SPEC_DUMP)]
+    if os.path.basename(os.path.normpath(image_dir)) == "checkpoint" and not os.path.lexists(
+            os.path.join(image_dir, "grit-manifest.json")):
+        paths.append(os.path.join(os.path.dirname(os.path.normpath(image_dir)), SPEC_DUMP))
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                spec = json.loads(f.read(16 << 20))
+        except (OSError, ValueError):
+            continue
+        return spec if isinstance(spec, dict) else None
+    return None
 
 
-def check(image_dir, spec, conf, log=None, where=None):
+def check(image_dir, spec, conf, log=None, where=None, bundle=None):
     """Refuse (GritError) a restore of image_dir into spec that would escalate, as config
-    `privilege_check` says."""
+    `privilege_check` says. bundle: the destination's (its rootfs's symlinks move mounts)."""
     mode = getattr(conf, "privilege_check", "enforce")
     if mode == "off":
         return []
     from runc_grit.checkpoint import criuimages
     found = problems(criuimages.read(image_dir, conf, where=where), spec,
-                     source_spec(image_dir), host_facts(spec))
+                     source_spec(image_dir), host_facts(spec, bundle))
     if found and mode == "enforce":
         raise GritError("%s: the checkpoint would give its processes more than this container's "
                         "spec grants: %s" % (where or "restore of %s" % image_dir,

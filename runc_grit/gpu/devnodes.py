@@ -18,22 +18,42 @@ def _is_gpu(name):
     return name.startswith("nvidia") and name[6:].isdigit()
 
 
-def plan(spec_devices, present):
-    """(create, remove): the spec's /dev/nvidiaN devices missing from present (names in
-    /dev), and the present GPU nodes the spec does not list. Pure."""
+NVIDIA_MAJOR = 195
+
+
+def wanted(spec, nvidia_runtime=False, inventory=None):
+    """{name in /dev: OCI device} of the GPU nodes the spec grants: its linux.devices
+    /dev/nvidiaN, and (CDI, NVIDIA_VISIBLE_DEVICES with the nvidia runtime or hook: gpu.grants)
+    the node's GPUs those name, by their minor (inventory: a callable returning
+    discovery.inventory(), asked only then). Pure but for inventory."""
+    from runc_grit.gpu import grants
     want = {}
-    for d in spec_devices or []:
+    for d in ((spec or {}).get("linux") or {}).get("devices") or []:
         name = str(d.get("path", ""))[5:] if str(d.get("path", "")).startswith("/dev/") else ""
         if _is_gpu(name) and d.get("type", "c") == "c":
             want[name] = d
+    g = grants.of_spec(spec, nvidia_runtime)
+    if (g.all or g.names) and inventory is not None:
+        inv = inventory() or {}
+        for dev in g.select(inv.get("devices") or []):
+            minor = int(dev.get("minor", dev["index"]))
+            want.setdefault("nvidia%d" % minor, {"path": "/dev/nvidia%d" % minor, "type": "c",
+                                                 "major": NVIDIA_MAJOR, "minor": minor,
+                                                 "fileMode": 0o666, "uid": 0, "gid": 0})
+    return want
+
+
+def plan(want, present):
+    """(create, remove): the wanted devices missing from present (names in /dev), and the
+    present GPU nodes not wanted. Pure."""
     create = [want[n] for n in sorted(want) if n not in present]
     remove = sorted(n for n in present if _is_gpu(n) and n not in want)
     return create, remove
 
 
-def sync(init_pid, spec):
+def sync(init_pid, spec, nvidia_runtime=False, inventory=None):
     """Apply plan() to the /dev of the restored init init_pid. Returns (made, removed)."""
-    devices = ((spec or {}).get("linux") or {}).get("devices") or []
+    want = wanted(spec, nvidia_runtime, inventory)
     try:
         root = os.open("/proc/%d/root" % int(init_pid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -44,7 +64,7 @@ def sync(init_pid, spec):
     except OSError as e:
         raise GritError("the restored container's /dev: %s" % e.strerror, kind="gpu") from None
     try:
-        create, remove = plan(devices, set(os.listdir(fd)))
+        create, remove = plan(want, set(os.listdir(fd)))
         for name in remove:
             os.unlink(name, dir_fd=fd)
         for d in create:

@@ -22,7 +22,8 @@ def sync_gpu_nodes(init_pid, bundle):
         spec = _spec.load(bundle)
     except GritError:
         return
-    devnodes.sync(init_pid, spec)
+    devnodes.sync(init_pid, spec, os.environ.get("RUNC_GRIT_NVIDIA_RUNTIME") == "1",
+                  discovery.inventory_or_none)
 
 
 def post_restore(init_pid, st):
@@ -33,7 +34,9 @@ def post_restore(init_pid, st):
     from runc_grit.oci import spec as _spec
     if not bundle:
         raise GritError("post-restore: the container's bundle is not known", kind="gpu")
-    return devnodes.sync(init_pid, _spec.load(bundle))
+    return devnodes.sync(init_pid, _spec.load(bundle),
+                         os.environ.get("RUNC_GRIT_NVIDIA_RUNTIME") == "1",
+                         discovery.inventory_or_none)
 
 
 def _has_gpu_nodes(spec):

@@ -51,7 +51,7 @@ class Runc(Runtime):
         try:  # image_dir: a verified copy (staging: copy), released whatever happens
             try:
                 t1 = time.monotonic()
-                privileges.check(image_dir, req.spec, conf, req.log, where)
+                privileges.check(image_dir, req.spec, conf, req.log, where, req.bundle)
                 compat.check(m, where, os.path.basename(self.rt.path), criu_version(conf),
                              _spec.annotations(req.spec))
                 compat.check_device_env(image_dir, req.spec, conf, req.log, where)
@@ -97,6 +97,8 @@ class Runc(Runtime):
             extra["RUNC_GRIT_DEVICE_PAIRS"] = json.dumps(pairs)
         if req.gpu_nodes:
             extra["RUNC_GRIT_GPU_NODES"] = "1"
+        if self.nvidia_runtime:
+            extra["RUNC_GRIT_NVIDIA_RUNTIME"] = "1"
         if detach:
             procs.become_subreaper()
         rc, _ = procs.run(self.rt.command(rargs), env=hook_env(conf, st, extra),
@@ -140,7 +142,7 @@ class Runc(Runtime):
                 # a Kubernetes container's image came from its pod spec (containerd's
                 # checkpoint restore): checked like a restore-on-create
                 where = "restore of %s from %s" % (cid, image_dir)
-                privileges.check(image_dir, req.spec, conf, req.log, where)
+                privileges.check(image_dir, req.spec, conf, req.log, where, req.bundle)
                 compat.check(m, where, os.path.basename(self.rt.path), criu_version(conf),
                              _spec.annotations(req.spec))
                 compat.check_device_env(image_dir, req.spec, conf, req.log, where)
@@ -148,6 +150,8 @@ class Runc(Runtime):
                                                        self.nvidia_runtime)
                 if postresume.wants_gpu_nodes(m, req.spec, image_dir):
                     extra["RUNC_GRIT_GPU_NODES"] = "1"
+                if self.nvidia_runtime:
+                    extra["RUNC_GRIT_NVIDIA_RUNTIME"] = "1"
             lines = self.restore_criu_options(req, image_dir)
             if lines:
                 prepare_spec(req, "runtime" if inv.value("manage-cgroups-mode") else None, lines)
