@@ -209,3 +209,24 @@ def test_no_space_for_the_staging_copy_says_so(fenv):
         assert os.listdir(staging) == []
     finally:
         subprocess.run(["umount", staging])
+
+
+@pytest.mark.integration  # (mounts a tmpfs: root)
+def test_a_log_cut_short_on_a_full_filesystem_says_so(tmp_path):
+    """CRIU writing its images into a full tmpfs could not finish its own log either (seen on
+    the H200 with CRIU 4.2): not 'killed', but no space."""
+    d = tmp_path / "full"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(d)], check=True)
+    try:
+        with open(d / "dump.log", "w") as f:
+            f.write("(00.000001) Version: 4.2\n(00.1) Dumping task\n")
+        with open(d / "filler", "wb") as f:
+            try:
+                f.write(b"x" * (64 << 10))
+            except OSError:
+                pass
+        why = criulog.explain(str(d), ("dump.log",))
+        assert "its filesystem is full" in why and "hint: no space left" in why, why
+    finally:
+        subprocess.run(["umount", str(d)])

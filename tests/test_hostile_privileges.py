@@ -187,3 +187,42 @@ def test_seccomp_profile_must_be_the_sources_and_a_legit_restore_continues(henv)
     assert "ro" in mi["/proc/sys"] and "ro" in mi["/sys"], mi
     assert "/sys/firmware" in mi and "/proc/keys" in mi, mi
     assert "ro" in mi["/run/secrets"], mi   # the spec's /var/run/secrets, through the symlink
+
+
+@pytest.mark.integration
+def test_a_read_only_root_stays_read_only_through_a_restore(workdir):
+    """CRIU 4.1 restores a read-only root writable (runc restore alone does the same): the
+    spec grants a read-only root, so runc-grit remounts it read-only before the tasks run, and
+    checks the restored init's root after the restore, on every stack."""
+    from conftest import Env
+    from runc_grit.node import rootmount
+    from test_integration_runc import assert_continues, checkpoint, start_counter
+    e = Env(workdir)
+    try:
+        def ro(b):
+            p = os.path.join(b, "config.json")
+            spec = json.load(open(p))
+            spec["root"]["readonly"] = True
+            json.dump(spec, open(p, "w"))
+        b = e.bundle("src")
+        ro(b)
+        p, out = e.grit.create_with_pipes(b, "src")
+        assert p.returncode == 0 and e.grit.run(b, "start", "src").returncode == 0
+        assert out.wait_for(lambda r: len(r.ints()) >= 2)
+        assert rootmount.is_readonly(e.grit.state("src")["pid"])
+        img = os.path.join(e.ckroot, "ro")
+        checkpoint(e, b, "src", img)
+        b2 = e.bundle("dst", annotations={"grit.dev/restore-from": img},
+                      rootfs_from=os.path.join(b, "rootfs"))
+        ro(b2)
+        p, out2 = e.grit.create_with_pipes(b2, "dst")
+        assert p.returncode == 0, e.grit.log_error(b2)
+        pid = e.grit.state("dst")["pid"]
+        assert rootmount.is_readonly(pid), rootmount.root_options(pid)
+        assert e.grit.run(b2, "start", "dst").returncode == 0
+        assert out2.wait_for(lambda r: len(r.ints()) >= 2)
+        assert_continues(out.ints(), out2.ints())
+        hooks = [json.loads(ln) for ln in open(os.path.join(e.state_dir, "dst", "hooks.jsonl"))]
+        print("post-restore:", [h for h in hooks if h.get("action") == "post-restore"])
+    finally:
+        e.cleanup()

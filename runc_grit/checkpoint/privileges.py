@@ -276,7 +276,33 @@ def host_facts(spec, bundle=None):
             "rlimits": lims, "paths": sorted(paths), "nice": os.getpriority(os.PRIO_PROCESS, 0),
             "oom_score_adj": _read_int("/proc/self/oom_score_adj"),
             "loginuid": _read_int("/proc/self/loginuid"),
-            "resolved": _resolved(spec, bundle) if bundle else {}}
+            "resolved": _resolved(spec, bundle) if bundle else {},
+            "rbind_submounts": rbind_submounts(spec, _node_mountpoints())}
+
+
+def _node_mountpoints():
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return [ln.split()[4].replace("\\040", " ") for ln in f if len(ln.split()) > 4]
+    except OSError:
+        return []
+
+
+def rbind_submounts(spec, node_mounts):
+    """{container path: node path} of the node's mounts below the source of a spec `rbind`
+    mount: the runtime's recursive bind brings them into the container (the device machine's
+    /usr/local/nvidia under a /usr rbind). Pure."""
+    out = {}
+    for m in spec.get("mounts") or []:
+        opts = m.get("options") or []
+        src = _norm(m.get("source")) if m.get("source") else None
+        if not src or "rbind" not in opts:
+            continue
+        for node in node_mounts:
+            node = _norm(node)
+            if node != src and node.startswith(src.rstrip("/") + "/"):
+                out[_norm(m.get("destination")).rstrip("/") + node[len(src.rstrip("/")):]] = node
+    return out
 
 
 def _read_int(path):
@@ -542,6 +568,7 @@ def _mount_problems(image, spec, host):
     console = bool((spec.get("process") or {}).get("terminal"))
     root_ro = bool((spec.get("root") or {}).get("readonly"))
     present = set(host.get("paths") or ())
+    subs = host.get("rbind_submounts") or {}
     out = []
     by_ns = {}
     for m in mounts:
@@ -557,7 +584,8 @@ def _mount_problems(image, spec, host):
                                 None)
             allowed = (len(spec_at.get(path, ())) + (path in masked) + (path in ro_paths)
                        + (path == "/") + (console and path == "/dev/console")
-                       + (path in devices) + (under_cgroup is not None))
+                       + (path in devices) + (under_cgroup is not None)
+                       + (path in subs and path not in spec_at))
             if not allowed:
                 out.append("%s (%s) in the image; the spec makes no mount there"
                            % (where, _fstype(here[0])))
@@ -581,6 +609,8 @@ def _mount_problems(image, spec, host):
                     # filesystem the spec mounts there, of a namespace the container shares
                     # with the node (a hostNetwork pod's /sys)
                     types = SPEC_FSTYPES.get((sm or {}).get("type"), ())
+                    if sm is None and path in subs and _norm(m.get("source")) == subs[path]:
+                        continue  # the node's own mount, below a spec rbind's source
                     if not (_node_bind(m, sm) or sm is not None and not _is_bind(sm)
                             and m.get("fstype") in types
                             and NS_OF_FSTYPE.get(m.get("fstype")) not in private

@@ -56,7 +56,11 @@ def main():
         if action == "pre-dump" and init_pid:
             rec["cuda"] = predump.pre_dump(int(init_pid), st, conf)
         elif action == "post-restore" and init_pid:
-            rec["gpu_nodes"] = postresume.post_restore(int(init_pid), st)
+            if os.environ.get("RUNC_GRIT_READONLY_ROOT"):
+                from runc_grit.node import rootmount
+                rec["root_made_readonly"] = rootmount.make_readonly(int(init_pid))
+            if os.environ.get("RUNC_GRIT_GPU_NODES"):
+                rec["gpu_nodes"] = postresume.post_restore(int(init_pid), st)
         elif action == "post-resume" and init_pid:
             image_dir = os.environ.get("RUNC_GRIT_IMAGE_DIR") or os.environ.get("CRTOOLS_IMAGE_DIR")
             pairs = os.environ.get("RUNC_GRIT_DEVICE_PAIRS")

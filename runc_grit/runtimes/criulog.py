@@ -107,6 +107,14 @@ def kept(state_dir):
         return []
 
 
+def _full(path):
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail == 0
+
+
 def explain(work_dir, names, state_dir=None, cid=None):
     """The reason a CRIU run in work_dir failed (one sentence), with its hint and the log it
     comes from (kept when state_dir is given, since work_dir may go with the container), or
@@ -120,6 +128,9 @@ def explain(work_dir, names, state_dir=None, cid=None):
         where = (keep(path, state_dir, cid) if state_dir else None) or path
         if status == "killed":
             text = "%s ends without a result (CRIU was killed?)" % name
+            if _full(work_dir):  # the log itself could not be written to its end
+                text = "%s ends without a result: its filesystem is full" % name
+                lines = lines + ["Error (runc-grit): No space left on device"]
         elif status == "finished":
             text = "CRIU finished (%s says so); the failure came after it" % name
         else:

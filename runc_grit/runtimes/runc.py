@@ -23,7 +23,7 @@ from runc_grit.checkpoint import compat, manifest, privileges, source
 from runc_grit.errors import GritError
 from runc_grit.gpu import destination, postresume, predump, records, rollback
 from runc_grit.node import config as _config
-from runc_grit.node import procs
+from runc_grit.node import procs, rootmount
 from runc_grit.oci import spec as _spec
 from runc_grit.oci.runclog import last_error
 from runc_grit.runtimes import criuconf
@@ -97,6 +97,8 @@ class Runc(Runtime):
             extra["RUNC_GRIT_DEVICE_PAIRS"] = json.dumps(pairs)
         if req.gpu_nodes:
             extra["RUNC_GRIT_GPU_NODES"] = "1"
+        if rootmount.wanted(req.spec):
+            extra["RUNC_GRIT_READONLY_ROOT"] = "1"
         if self.nvidia_runtime:
             extra["RUNC_GRIT_NVIDIA_RUNTIME"] = "1"
         if detach:
@@ -150,6 +152,8 @@ class Runc(Runtime):
                                                        self.nvidia_runtime)
                 if postresume.wants_gpu_nodes(m, req.spec, image_dir):
                     extra["RUNC_GRIT_GPU_NODES"] = "1"
+            if rootmount.wanted(req.spec):
+                extra["RUNC_GRIT_READONLY_ROOT"] = "1"
                 if self.nvidia_runtime:
                     extra["RUNC_GRIT_NVIDIA_RUNTIME"] = "1"
             lines = self.restore_criu_options(req, image_dir)
@@ -348,7 +352,10 @@ def restored_problem(st, pairs, info, spec):
     why = postresume.resume_failure(st, pairs is not None)
     if why:
         return "CUDA state not resumed: %s" % why
-    return shared_namespaces((info or {}).get("pid"), spec)
+    pid = (info or {}).get("pid")
+    if pid and rootmount.wanted(spec) and not rootmount.is_readonly(pid):
+        return "the restored container's root is writable; its spec makes it read-only"
+    return shared_namespaces(pid, spec)
 
 
 def shared_namespaces(pid, spec):
