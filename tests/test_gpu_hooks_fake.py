@@ -304,7 +304,6 @@ def test_restored_dev_holds_only_the_gpu_nodes_its_spec_grants(gpuenv):
     """CRIU brings back the source's /dev tmpfs with the source's /dev/nvidia0; the new spec
     grants /dev/nvidia1: before the tasks run (CRIU's post-restore), /dev holds nvidia1 and
     not nvidia0. Into a spec that grants none, the source's node is gone too."""
-    from test_integration_runc import start_counter
     e = gpuenv
     b = e.bundle("dn", annotations=None)
     _gpu_node(b, 0)

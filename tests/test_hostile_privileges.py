@@ -8,13 +8,12 @@ import glob
 import json
 import os
 import shutil
-import subprocess
 
 import pytest
 
 from conftest import Env
 from test_integration_runc import assert_continues, checkpoint
-from test_security import SECCOMP, _resign, _run, _status, _unprivileged
+from test_security import SECCOMP, _crit, _resign, _run, _status, _unprivileged
 
 ALLOW_ALL = {"defaultAction": "SCMP_ACT_ALLOW"}
 
@@ -58,19 +57,6 @@ def _restore(e, name, img, src, seccomp=SECCOMP):
     b = _bundle(e, name, {"grit.dev/restore-from": img}, os.path.join(src, "rootfs"), seccomp)
     p, out = e.grit.create_with_pipes(b, name)
     return p, out, b
-
-
-def _crit(image_dir, name, edit):
-    """crit decode, edit(entries), crit encode: any entry of one image."""
-    crit = shutil.which("crit")
-    if not crit:
-        pytest.skip("crit (pycriu) not installed")
-    path = os.path.join(image_dir, name)
-    doc = json.loads(subprocess.run([crit, "decode", "-i", path], check=True,
-                                    capture_output=True).stdout)
-    edit(doc["entries"])
-    subprocess.run([crit, "encode", "-o", path], input=json.dumps(doc).encode(), check=True,
-                   capture_output=True)
 
 
 def _mountpoints(image_dir):
@@ -196,7 +182,7 @@ def test_a_read_only_root_stays_read_only_through_a_restore(workdir):
     checks the restored init's root after the restore, on every stack."""
     from conftest import Env
     from runc_grit.node import rootmount
-    from test_integration_runc import assert_continues, checkpoint, start_counter
+    from test_integration_runc import assert_continues, checkpoint
     e = Env(workdir)
     try:
         def ro(b):

@@ -14,9 +14,9 @@ import time
 import pytest
 
 from conftest import Env
-from runc_grit.checkpoint import imagedir, manifest, provenance, source, staging, tenant
+from runc_grit.checkpoint import imagedir, manifest, source, tenant
 from runc_grit.errors import GritError
-from test_integration_runc import assert_continues, checkpoint, start_counter
+from test_integration_runc import checkpoint, start_counter
 from test_units import Conf, make_images
 
 NS_A = {"io.kubernetes.cri.container-type": "container",

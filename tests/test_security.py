@@ -650,14 +650,20 @@ def _restore(e, name, img, src, seccomp=False, unprivileged=True, uid=0):
 
 
 def _crit_edit(image_dir, name, edit):
-    """Edit one CRIU image the way an attacker would: crit decode, change, crit encode."""
+    """Edit one CRIU image's first entry the way an attacker would (crit decode, change,
+    crit encode)."""
+    _crit(image_dir, name, lambda entries: edit(entries[0]))
+
+
+def _crit(image_dir, name, edit):
+    """crit decode, edit(entries), crit encode: any entry of one image."""
     crit = shutil.which("crit")
     if not crit:
         pytest.skip("crit (pycriu) not installed")
     path = os.path.join(image_dir, name)
     doc = json.loads(subprocess.run([crit, "decode", "-i", path], check=True,
                                     capture_output=True).stdout)
-    edit(doc["entries"][0])
+    edit(doc["entries"])
     subprocess.run([crit, "encode", "-o", path], input=json.dumps(doc).encode(), check=True,
                    capture_output=True)
 

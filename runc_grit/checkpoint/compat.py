@@ -105,18 +105,11 @@ def is_claim_var(name):
             or name.startswith("DRA_") or name.startswith("NVIDIA_DRA_"))
 
 
-def _env(spec):
-    out = {}
-    for kv in ((spec or {}).get("process") or {}).get("env") or []:
-        k, _, v = str(kv).partition("=")
-        out[k] = v
-    return out
-
-
 def device_env_changes(src_spec, dst_spec):
     """(remapped, claims): [(name, source value, this container's value)] of the variables
     above that differ. Pure."""
-    a, b = _env(src_spec), _env(dst_spec)
+    from runc_grit.oci import spec as _spec
+    a, b = _spec.env(src_spec), _spec.env(dst_spec)
     names = sorted(n for n in set(a) | set(b) if n in REMAPPED_ENV or is_claim_var(n))
     diff = [(n, a.get(n, ""), b.get(n, "")) for n in names if a.get(n, "") != b.get(n, "")]
     return ([d for d in diff if d[0] in REMAPPED_ENV], [d for d in diff if d[0] not in REMAPPED_ENV])

@@ -130,10 +130,7 @@ def prepare_dir(image_dir, what):
         dfd = fsutil.open_dir(image_dir)  # O_NOFOLLOW: a symlink swapped in meanwhile fails
         try:
             fsutil.remove_links(dfd)
-            try:
-                os.unlink(NAME, dir_fd=dfd)
-            except FileNotFoundError:
-                pass
+            _unlink_manifest(dfd)
         finally:
             os.close(dfd)
     except OSError as e:
@@ -152,11 +149,16 @@ def remove(image_dir):
             return
         raise
     try:
+        _unlink_manifest(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _unlink_manifest(dfd):
+    try:
         os.unlink(NAME, dir_fd=dfd)
     except FileNotFoundError:
         pass
-    finally:
-        os.close(dfd)
 
 
 def validate(m, where):

@@ -12,6 +12,8 @@
 A restore of CUDA state needs as many GPUs as the checkpoint used; a spec that grants none is
 never given the node's GPUs by default.
 """
+from runc_grit.oci import spec as _spec
+
 CDI_PREFIX = "cdi.k8s.io/"
 CDI_KIND = "nvidia.com/gpu="
 NONE_VALUES = ("", "void", "none")
@@ -55,14 +57,6 @@ class Grant:
         return out
 
 
-def _env(spec):
-    out = {}
-    for kv in ((spec or {}).get("process") or {}).get("env") or []:
-        k, _, v = str(kv).partition("=")
-        out[k] = v
-    return out
-
-
 def has_nvidia_hook(spec):
     hooks = (spec or {}).get("hooks") or {}
     for stage in ("prestart", "createRuntime", "createContainer"):
@@ -97,7 +91,7 @@ def of_spec(spec, nvidia_runtime=False):
         if key.startswith(CDI_PREFIX):
             _add_names(g, [v[len(CDI_KIND):] for v in str(val).split(",")
                            if v.strip().startswith(CDI_KIND)], "CDI %s" % key)
-    env = _env(spec)
+    env = _spec.env(spec)
     if "NVIDIA_VISIBLE_DEVICES" in env and (nvidia_runtime or has_nvidia_hook(spec)):
         val = env["NVIDIA_VISIBLE_DEVICES"].strip()
         if val.lower() not in NONE_VALUES:

@@ -3,7 +3,6 @@ checkpointed CUDA process, remapping GPUs when the destination's differ, unlock 
 that it runs. CRIU ignores a failing post-resume script, so runc-grit asks resume_failure()."""
 import json
 import os
-import subprocess
 import time
 
 from runc_grit.errors import GritError

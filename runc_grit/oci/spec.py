@@ -80,3 +80,12 @@ def drop_annotation(key):
             ann.pop(key, None)
     change.__name__ = "drop_annotation(%s)" % key
     return change
+
+
+def env(spec):
+    """{name: value} of the spec's process.env (the last of a name wins)."""
+    out = {}
+    for kv in ((spec or {}).get("process") or {}).get("env") or []:
+        k, _, v = str(kv).partition("=")
+        out[k] = v
+    return out
