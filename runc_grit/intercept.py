@@ -10,7 +10,7 @@ import shutil
 
 from runc_grit import errors
 from runc_grit.checkpoint import source
-from runc_grit.errors import GritError
+from runc_grit.errors import GritError, UsageError
 from runc_grit.node import config as _config
 from runc_grit.node.state import ID_RE, ContainerState
 from runc_grit.oci import spec as _spec
@@ -22,16 +22,15 @@ def dispatch(inv, args):
     log = Logger.from_invocation(inv)
     try:
         conf = _config.load()
-        req = base.Request(inv, args, conf, log)
-        if len(inv.args) != 1 or not ID_RE.match(req.cid or "") or req.cid in (".", ".."):
+        cid = inv.container_id
+        if len(inv.args) != 1 or not ID_RE.match(cid or "") or cid in (".", ".."):
+            req = base.Request(inv, args, conf, log)
             if inv.command in ("create", "run"):
                 _refuse_if_restore(req, "%s needs one container id, got %r"
                                    % (inv.command, inv.args))
-            rt = selection.for_invocation(conf, inv).rt
-            os.execv(rt.path, rt.command(args))  # the runtime reports the usage error
-        req.runtime = selection.for_invocation(conf, inv)
-        req.st = ContainerState(conf.state_dir, req.cid)
-        return HANDLERS[inv.command](req)
+            d = selection.for_invocation(conf, inv).delegate
+            os.execv(d.path, d.command(args))  # the runtime reports the usage error
+        return HANDLERS[inv.command](build(inv, args, conf, log))
     except GritError as e:
         log.error(e.message)
         return errors.exit_code(e)
@@ -40,10 +39,23 @@ def dispatch(inv, args):
         return 1
 
 
+def build(inv, args, conf, log):
+    """The whole Request of one command: the runtime, the container's state, and what the
+    command needs besides (create/run/restore: the spec and the restore it asks for;
+    checkpoint: the runtime's state of the container, None when it has none)."""
+    req = base.Request(inv, args, conf, log, runtime=selection.for_invocation(conf, inv))
+    req.state = ContainerState(conf.state_dir, req.cid)
+    if inv.command in ("create", "run", "restore"):
+        req.spec = _spec.load(req.bundle, req.spec_name)
+    if inv.command in ("create", "run"):
+        req.restore = source.requested(_spec.annotations(req.spec), conf.on_restore_failure)
+    elif inv.command == "checkpoint":
+        req.runtime_state = req.delegate.state(req.cid)
+    return req
+
+
 def do_create(req):
-    req.spec = _spec.load(req.bundle, req.spec_name)
-    req.restore = source.requested(_spec.annotations(req.spec), req.conf.on_restore_failure)
-    st = req.st
+    st = req.state
     st.lock()
     try:
         if not _claim_state(req):
@@ -57,16 +69,14 @@ def do_create(req):
 
 
 def do_restore(req):
-    req.spec = _spec.load(req.bundle, req.spec_name)
-    with req.st:
+    with req.state:
         if not _claim_state(req):
             req.exec(req.runtime.translate(req.inv, req.args))
         return req.runtime.restore(req)
 
 
 def do_checkpoint(req):
-    req.info = req.rt.state(req.cid)
-    if req.info is None:  # the runtime reports the missing container
+    if req.runtime_state is None:  # the runtime reports the missing container
         req.exec(req.runtime.translate(req.inv, req.args))
     return req.runtime.checkpoint(req)
 
@@ -77,8 +87,8 @@ HANDLERS = {"create": do_create, "run": do_create, "restore": do_restore,
 
 def _claim_state(req):
     """A fresh state dir for a new container. False if the id is already a live container."""
-    st = req.st
-    if st.read() is not None and req.rt.state(st.id) is not None:
+    st = req.state
+    if st.read() is not None and req.delegate.state(st.id) is not None:
         return False
     for name in os.listdir(st.dir):
         if name != "lock":
@@ -99,6 +109,6 @@ def _refuse_if_restore(req, why):
     except GritError:
         return
     if ask is not None:
-        raise GritError("%s asks for a restore from %s, but runc-grit cannot understand this "
+        raise UsageError("%s asks for a restore from %s, but runc-grit cannot understand this "
                         "command line (%s); refused"
-                        % (os.path.join(req.bundle, req.spec_name), ask.path, why), kind="usage")
+                        % (os.path.join(req.bundle, req.spec_name), ask.path, why))

@@ -11,7 +11,7 @@ import os
 
 from runc_grit import argv as _argv
 from runc_grit import errors
-from runc_grit.errors import GritError
+from runc_grit.errors import GritError, RestoreError
 from runc_grit.node import config as _config
 from runc_grit.node import procs
 from runc_grit.node.state import STOPPED_MARK, ContainerState
@@ -24,7 +24,7 @@ def dispatch(inv, args):
     try:
         conf = _config.load()
         st = ContainerState(conf.state_dir, inv.args[0])
-        rt = for_invocation(conf, inv).rt
+        rt = for_invocation(conf, inv).delegate
         if inv.command == "start":
             return start(st, rt, args, log)
         if inv.command == "state":
@@ -54,7 +54,7 @@ def start(st, rt, args, log):
         if marked or unmarked:
             info = rt.state(st.id)
             if info is None:
-                raise GritError("container %s: restored process is gone" % st.id, kind="restore")
+                raise RestoreError("container %s: restored process is gone" % st.id)
             if marked or info.get("status") == "running":
                 st.update(started=True)
                 log.debug("start %s: restored container already running" % st.id)

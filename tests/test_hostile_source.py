@@ -215,11 +215,11 @@ def test_fresh_policy_never_runs_once_the_rootfs_was_changed(tmp_path):
 
     req = Request.__new__(Request)
     req.restore = source.RestoreRequest("/x", "grit.dev/restore-from", "fresh")
-    req.st, req.log, req.rootfs_touched = St(), Log(), True
+    req.state, req.log, req.rootfs_touched = St(), Log(), True
     req.fresh = lambda why: pytest.fail("started fresh on a changed rootfs")
     with pytest.raises(GritError, match="boom"):
         req.give_up(GritError("boom"))
-    assert req.st.removed and "not applied" in req.log.lines[0]
+    assert req.state.removed and "not applied" in req.log.lines[0]
 
 
 # --- real runc + CRIU, the installed runc-grit ----------------------------------------------

@@ -102,3 +102,33 @@ def test_the_dispatcher_has_no_runtime_specific_branch():
     text = " ".join(words).lower()
     for word in ("runsc", "crun", "gvisor", "criu", "nvidia", "cuda", "gpu"):
         assert word not in text, word
+
+
+def test_no_function_over_50_lines_in_runtimes():
+    """runtimes/ holds flows made of small steps."""
+    long = []
+    for f in sorted(os.listdir(os.path.join(PKG, "runtimes"))):
+        if f.endswith(".py"):
+            with open(os.path.join(PKG, "runtimes", f)) as fh:
+                tree = ast.parse(fh.read())
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    n = node.end_lineno - node.lineno + 1
+                    if n > 50:
+                        long.append("%s:%s (%d lines)" % (f, node.name, n))
+    assert long == []
+
+
+def test_spec_modifiers_live_in_oci():
+    """Every change runc-grit makes to a spec is a modifier of oci/modifiers.py: nothing
+    outside oci/ assigns into a spec's annotations or defines a modifier."""
+    for dirpath, dirs, files in os.walk(PKG):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if not f.endswith(".py") or os.path.basename(dirpath) == "oci":
+                continue
+            with open(p) as fh:
+                text = fh.read()
+            assert 'spec["annotations"] =' not in text, p
+            assert "def set_annotation" not in text and "def set_criu_config" not in text, p

@@ -10,35 +10,35 @@ from runc_grit import fastconf
 from runc_grit.checkpoint import images, manifest, source
 from runc_grit.errors import GritError, exit_code
 from runc_grit.node import config
-from runc_grit.oci import runclog, spec
+from runc_grit.oci import modifiers, runclog, spec
 from runc_grit.runtimes import criuconf
 
 # --- spec changes: one test each ----------------------------------------------------------
 
 def test_set_annotation_creates_map_and_keeps_unknown_fields():
     s = {"ociVersion": "1.0.2", "x-vendor": {"keep": [1, 2]}}
-    spec.apply(s, [spec.set_annotation("a", "b")])
+    modifiers.apply(s, [modifiers.set_annotation("a", "b")])
     assert s == {"ociVersion": "1.0.2", "x-vendor": {"keep": [1, 2]}, "annotations": {"a": "b"}}
 
 
 def test_set_criu_config():
     s = {"annotations": {"other": "1"}}
-    spec.set_criu_config("/run/runc-grit/c1/criu.conf")(s)
+    modifiers.set_criu_config("/run/runc-grit/c1/criu.conf")(s)
     assert s["annotations"] == {"other": "1", "org.criu.config": "/run/runc-grit/c1/criu.conf"}
 
 
 def test_drop_annotation():
     s = {"annotations": {"a": "1", "b": "2"}}
-    spec.drop_annotation("a")(s)
+    modifiers.drop_annotation("a")(s)
     assert s["annotations"] == {"b": "2"}
-    spec.drop_annotation("zzz")({})  # no annotations at all: nothing to do
+    modifiers.drop_annotation("zzz")({})  # no annotations at all: nothing to do
 
 
 def test_load_save_round_trip_keeps_unknown(tmp_path):
     doc = {"ociVersion": "1.2.0", "process": {"args": ["x"]}, "future": {"field": True}}
     (tmp_path / "config.json").write_text(json.dumps(doc))
     s = spec.load(str(tmp_path))
-    spec.apply(s, [spec.set_criu_config("/c")])
+    modifiers.apply(s, [modifiers.set_criu_config("/c")])
     spec.save(str(tmp_path), s)
     back = json.loads((tmp_path / "config.json").read_text())
     assert back["future"] == {"field": True}
@@ -568,7 +568,7 @@ def test_configured_criu_is_first_on_the_runtimes_path(tmp_path):
     """runc >= 1.2 ignores --criu (1.4 refuses it) and runs the criu on PATH: the configured
     one is put first on the runtime's PATH, alone in its dir, and --criu is never passed."""
     from runc_grit.node.state import ContainerState
-    from runc_grit.runtimes import runc
+    from runc_grit.runtimes import criuenv as runc
     real = tmp_path / "criu-4.2"
     real.write_text("#!/bin/sh\n")
     real.chmod(0o755)
@@ -668,7 +668,7 @@ def test_cgroup_mode_ignore_only_without_a_private_cgroup_namespace():
 
 
 def test_shared_namespaces_names_what_the_restored_init_shares_with_the_node():
-    from runc_grit.runtimes.runc import shared_namespaces
+    from runc_grit.runtimes.restorecheck import shared_namespaces
     spec = {"linux": {"namespaces": [{"type": "cgroup"}, {"type": "uts"},
                                      {"type": "network", "path": "/var/run/netns/x"}]}}
     why = shared_namespaces(os.getpid(), spec)  # this process: the node's namespaces
@@ -773,3 +773,25 @@ def test_pre_dump_refuses_a_gpu_client_the_driver_cannot_checkpoint(monkeypatch,
         with pytest.raises(GritError, match=refused) as e:
             predump.refuse_uncheckpointable([10, 11, 12, 13], cuda)
         assert e.value.kind == "gpu" and "CRIU cannot dump it" in e.value.message
+
+
+def test_every_error_class_is_raised_and_has_one_exit_code():
+    """Each GritError subclass is raised somewhere in the package, and the one table gives
+    its exit code (RuntimeFailure passes the runtime's own on)."""
+    import re
+    from runc_grit import errors
+    src = ""
+    for dirpath, _, files in os.walk(os.path.dirname(errors.__file__)):
+        for f in files:
+            if f.endswith(".py") and f != "errors.py":
+                with open(os.path.join(dirpath, f)) as fh:
+                    src += fh.read()
+    want = {"config": 1, "usage": 1, "spec": 1, "source": 1, "restore": 1, "checkpoint": 1,
+            "runtime": 1, "gpu": 1, "blocker": 2, "not-found": 127}
+    assert set(errors.KINDS) == set(want)
+    for kind, cls in errors.KINDS.items():
+        assert re.search(r"raise %s\(" % cls.__name__, src), cls.__name__
+        assert issubclass(cls, errors.GritError) and cls("x").kind == kind
+        assert exit_code(cls("x")) == want[kind]
+        assert type(GritError("x", kind=kind)) is cls  # the old spelling makes the class
+    assert exit_code(errors.RuntimeFailure("x", exit_code=7)) == 7

@@ -13,7 +13,7 @@ import subprocess
 import tarfile
 
 from runc_grit.checkpoint import manifest as _manifest
-from runc_grit.errors import GritError
+from runc_grit.errors import GritError, SourceError, UsageError
 
 TOP = ("rootfs-diff.tar", "deleted.files", "spec.dump", "config.dump", _manifest.NAME)
 
@@ -31,8 +31,7 @@ def export(image_dir, out, compress=True, progress=None):
     """Write the archive; returns bytes of image data. progress(n) is called as bytes go."""
     m = _manifest.load(image_dir)
     if m is None:
-        raise GritError("%s: no %s, not a complete checkpoint" % (image_dir, _manifest.NAME),
-                        kind="source")
+        raise SourceError("%s: no %s, not a complete checkpoint" % (image_dir, _manifest.NAME))
     _manifest.check_files(image_dir, m)
     tmp = out + ".tmp"
     sink = open(tmp, "wb")
@@ -66,7 +65,7 @@ def export(image_dir, out, compress=True, progress=None):
         sink.close()
     if proc and rc != 0:
         os.unlink(tmp)
-        raise GritError("zstd failed (%d) writing %s" % (rc, out), kind="error")
+        raise GritError("zstd failed (%d) writing %s" % (rc, out))
     os.replace(tmp, out)
     return total
 
@@ -74,7 +73,7 @@ def export(image_dir, out, compress=True, progress=None):
 def import_(archive, image_dir, conf=None):
     """Unpack archive into image_dir (which must not exist yet) and verify it."""
     if os.path.lexists(image_dir):
-        raise GritError("%s exists; import into a new dir" % image_dir, kind="usage")
+        raise UsageError("%s exists; import into a new dir" % image_dir)
     with open(archive, "rb") as f:
         magic = f.read(4)
     tmp = image_dir + ".importing"
@@ -97,10 +96,9 @@ def import_(archive, image_dir, conf=None):
                 elif mem.isdir() and mem.name.rstrip("/") == "checkpoint":
                     continue
                 else:
-                    raise GritError("%s: unexpected member %r" % (archive, mem.name), kind="source")
+                    raise SourceError("%s: unexpected member %r" % (archive, mem.name))
                 if not mem.isfile() or not name or name.startswith(".") or "\0" in name:
-                    raise GritError("%s: member %r is not a plain file" % (archive, mem.name),
-                                    kind="source")
+                    raise SourceError("%s: member %r is not a plain file" % (archive, mem.name))
                 if name == "config.dump":
                     continue  # made from the manifest at export; an image dir holds only
                     # what its manifest lists
@@ -113,10 +111,10 @@ def import_(archive, image_dir, conf=None):
                         out.write(b)
         src.close()
         if proc and proc.wait() != 0:
-            raise GritError("%s: zstd could not decompress it" % archive, kind="source")
+            raise SourceError("%s: zstd could not decompress it" % archive)
         m = _manifest.load(tmp)
         if m is None:
-            raise GritError("%s: no %s inside" % (archive, _manifest.NAME), kind="source")
+            raise SourceError("%s: no %s inside" % (archive, _manifest.NAME))
         signed = False
         if conf is not None:
             from runc_grit.checkpoint import integrity

@@ -3,7 +3,7 @@ sides. (GPU model, count and driver: gpu.check_destination.)"""
 import platform
 import re
 
-from runc_grit.errors import GritError
+from runc_grit.errors import SourceError
 
 IMAGE_ANNOTATIONS = ("io.kubernetes.cri.image-name", "io.kubernetes.cri-o.ImageName")
 
@@ -87,7 +87,7 @@ def check(m, where, runtime_name, criu_version, spec_annotations):
         return
     found = problems(m, here(runtime_name, criu_version), spec_annotations)
     if found:
-        raise GritError("%s: cannot restore here: %s" % (where, "; ".join(found)), kind="source")
+        raise SourceError("%s: cannot restore here: %s" % (where, "; ".join(found)))
 
 
 # --- environment variables that name devices or claims ---------------------------------------
@@ -135,6 +135,6 @@ def check_device_env(image_dir, dst_spec, conf, log, where):
         msg = "%s: %s: claim-specific variables the restored process would keep" % (
             where, fmt("%s was %r, is %r here" % d for d in claims))
         if getattr(conf, "device_env", "refuse") != "warn":
-            raise GritError(msg + " (config device_env: warn restores anyway)", kind="source")
+            raise SourceError(msg + " (config device_env: warn restores anyway)")
         if log is not None:
             log.warning(msg)

@@ -38,12 +38,11 @@ def read(image_dir, conf=None, timeout=120, where=None):
     "userns": [{"ns", "uid_map", "gid_map"}], "apparmor_namespaces": N,
     "external_mounts": [key, ...]} of image_dir.
     GritError when it cannot be read (no pycriu, a corrupt image)."""
-    from runc_grit.errors import GritError
+    from runc_grit.errors import SourceError
     path = pycriu_path(conf)
     if path is None:
-        raise GritError("cannot read the checkpoint's process credentials: CRIU's pycriu is not "
-                        "installed (install/deps.sh provides it; or set pycriu_path)",
-                        kind="source")
+        raise SourceError("cannot read the checkpoint's process credentials: CRIU's pycriu is not "
+                        "installed (install/deps.sh provides it; or set pycriu_path)")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path,
            "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
     try:
@@ -51,12 +50,12 @@ def read(image_dir, conf=None, timeout=120, where=None):
                            env=env, capture_output=True, timeout=timeout,
                            stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise GritError("reading the checkpoint's images: %s" % e, kind="source") from None
+        raise SourceError("reading the checkpoint's images: %s" % e) from None
     if p.returncode != 0:
         err = p.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise GritError("%s: its images cannot be decoded: %s"
+        raise SourceError("%s: its images cannot be decoded: %s"
                         % (where or "checkpoint %s" % image_dir,
-                           err[-1] if err else "exit %d" % p.returncode), kind="source")
+                           err[-1] if err else "exit %d" % p.returncode))
     return json.loads(p.stdout)
 
 

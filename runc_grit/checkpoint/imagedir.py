@@ -10,7 +10,7 @@ through /proc/self/fd: the same inode, never a device, never a link.
 import os
 
 from runc_grit import fsutil
-from runc_grit.errors import GritError
+from runc_grit.errors import SourceError
 from runc_grit.fsutil import DIR_FLAGS
 # written into an image dir by a restore that read it in place: never read by CRIU
 RESTORE_OUTPUTS = frozenset(("stats-restore", "restore.log"))
@@ -22,13 +22,12 @@ def open_dir(path, where):
     try:
         parts = fsutil.confined_parts(path.lstrip("/"))
     except ValueError as e:
-        raise GritError("%s: %s" % (where, e), kind="source") from None
+        raise SourceError("%s: %s" % (where, e)) from None
     root = os.open("/", DIR_FLAGS)
     try:
         return fsutil.walk(root, parts)
     except OSError as e:
-        raise GritError("%s: %s (a symlink on its path is refused)" % (where, e.strerror),
-                        kind="source") from None
+        raise SourceError("%s: %s (a symlink on its path is refused)" % (where, e.strerror)) from None
     finally:
         os.close(root)
 
@@ -70,10 +69,10 @@ class ImageDir:
         except FileNotFoundError:
             if size is None:
                 return None
-            raise GritError("%s: image %s listed in the manifest is missing"
-                            % (self.where, name), kind="source") from None
+            raise SourceError("%s: image %s listed in the manifest is missing"
+                            % (self.where, name)) from None
         except OSError as e:
-            raise GritError("%s: %s is %s" % (self.where, name, e.strerror), kind="source") \
+            raise SourceError("%s: %s is %s" % (self.where, name, e.strerror)) \
                 from None
         why = None
         if size is not None and st.st_size != size:
@@ -82,7 +81,7 @@ class ImageDir:
             why = "%s is too large (%d bytes, at most %d)" % (name, st.st_size, limit)
         if why:
             os.close(fd)
-            raise GritError("%s: %s" % (self.where, why), kind="source")
+            raise SourceError("%s: %s" % (self.where, why))
         return fd, st
 
     def read(self, name, limit):
@@ -110,6 +109,5 @@ class ImageDir:
     def refuse_unlisted(self, listed):
         extra = self.unlisted(listed)
         if extra:
-            raise GritError("%s: %s not listed in the signed manifest; an image dir holds only "
-                            "what its manifest lists" % (self.where, ", ".join(extra[:5])),
-                            kind="source")
+            raise SourceError("%s: %s not listed in the signed manifest; an image dir holds only "
+                            "what its manifest lists" % (self.where, ", ".join(extra[:5])))

@@ -8,7 +8,7 @@ import os
 import stat
 import struct
 
-from runc_grit.errors import GritError
+from runc_grit.errors import SourceError
 
 INVENTORY = "inventory.img"
 INVENTORY_MAGIC = 0x58313116  # CRIU's INVENTORY_MAGIC, first 4 bytes of inventory.img
@@ -21,15 +21,13 @@ def check_entries(image_dir):
     try:
         names = os.listdir(image_dir)
     except OSError as e:
-        raise GritError("restore source %s: %s" % (image_dir, e.strerror), kind="source") from None
+        raise SourceError("restore source %s: %s" % (image_dir, e.strerror)) from None
     for name in names:
         st = os.lstat(os.path.join(image_dir, name))
         if stat.S_ISLNK(st.st_mode):
-            raise GritError("restore source %s: %s is a symlink; refused" % (image_dir, name),
-                            kind="source")
+            raise SourceError("restore source %s: %s is a symlink; refused" % (image_dir, name))
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-            raise GritError("restore source %s: %s is not a regular file" % (image_dir, name),
-                            kind="source")
+            raise SourceError("restore source %s: %s is not a regular file" % (image_dir, name))
     return names
 
 
@@ -37,24 +35,22 @@ def check_criu(image_dir):
     """Only regular files; an inventory with CRIU's magic."""
     names = check_entries(image_dir)
     if INVENTORY not in names:
-        raise GritError("restore source %s: not a CRIU image dir (no %s)" % (image_dir, INVENTORY),
-                        kind="source")
+        raise SourceError("restore source %s: not a CRIU image dir (no %s)" % (image_dir, INVENTORY))
     head = _head(image_dir, INVENTORY, 8)
     if len(head) < 8 or struct.unpack("<I", head[:4])[0] != INVENTORY_MAGIC:
-        raise GritError("restore source %s: corrupt %s (bad CRIU magic)" % (image_dir, INVENTORY),
-                        kind="source")
+        raise SourceError("restore source %s: corrupt %s (bad CRIU magic)" % (image_dir, INVENTORY))
 
 
 def check_gvisor(image_dir):
     """A gVisor image dir: only regular files (and dirs), a checkpoint.img with gVisor's magic."""
     names = check_entries(image_dir)
     if GVISOR_IMAGE not in names:
-        raise GritError("restore source %s: not a gVisor (runsc) image dir (no %s)"
-                        % (image_dir, GVISOR_IMAGE), kind="source")
+        raise SourceError("restore source %s: not a gVisor (runsc) image dir (no %s)"
+                        % (image_dir, GVISOR_IMAGE))
     head = _head(image_dir, GVISOR_IMAGE, len(GVISOR_MAGIC))
     if head != GVISOR_MAGIC:
-        raise GritError("restore source %s: corrupt %s (no gVisor state-file magic)"
-                        % (image_dir, GVISOR_IMAGE), kind="source")
+        raise SourceError("restore source %s: corrupt %s (no gVisor state-file magic)"
+                        % (image_dir, GVISOR_IMAGE))
 
 
 def _head(image_dir, name, n):
@@ -63,12 +59,10 @@ def _head(image_dir, name, n):
         fd = os.open(os.path.join(image_dir, name),
                      os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
-        raise GritError("restore source %s: %s: %s" % (image_dir, name, e.strerror),
-                        kind="source") from None
+        raise SourceError("restore source %s: %s: %s" % (image_dir, name, e.strerror)) from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise GritError("restore source %s: %s is not a regular file" % (image_dir, name),
-                            kind="source")
+            raise SourceError("restore source %s: %s is not a regular file" % (image_dir, name))
         return os.read(fd, n)
     finally:
         os.close(fd)

@@ -22,7 +22,7 @@ import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 
-from runc_grit.errors import GritError
+from runc_grit.errors import ConfigError, SourceError
 
 ED25519 = "ed25519"
 HMAC = "hmac-sha256"  # the legacy symmetric mode: one node only
@@ -155,34 +155,33 @@ def load_signer(path):
     try:
         st = os.stat(path)
     except OSError as e:
-        raise GritError("signing_key %s: %s" % (path, e.strerror), kind="config") from None
+        raise ConfigError("signing_key %s: %s" % (path, e.strerror)) from None
     if not stat.S_ISREG(st.st_mode):
-        raise GritError("signing_key %s: not a regular file" % path, kind="config")
+        raise ConfigError("signing_key %s: not a regular file" % path)
     if st.st_mode & 0o077:
-        raise GritError("signing_key %s: mode %o lets others read it; chmod 600"
-                        % (path, st.st_mode & 0o777), kind="config")
+        raise ConfigError("signing_key %s: mode %o lets others read it; chmod 600"
+                        % (path, st.st_mode & 0o777))
     with open(path, "rb") as f:
         data = f.read()
     label = _pem_label(data)
     if label is None:
         secret = data.strip()
         if len(secret) < 16:
-            raise GritError("signing_key %s: shorter than 16 bytes" % path, kind="config")
+            raise ConfigError("signing_key %s: shorter than 16 bytes" % path)
         return HmacKey(secret, path)
     if label != "PRIVATE KEY":
-        raise GritError("signing_key %s: a PEM %s, not a PKCS8 private key (signing_key is this "
+        raise ConfigError("signing_key %s: a PEM %s, not a PKCS8 private key (signing_key is this "
                         "node's own Ed25519 private key, from runc-grit keygen; public keys go "
-                        "in trusted_keys)" % (path, label), kind="config")
+                        "in trusted_keys)" % (path, label))
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
-        raise GritError("signing_key %s: cannot read the private key: %s" % (path, e),
-                        kind="config") from None
+        raise ConfigError("signing_key %s: cannot read the private key: %s" % (path, e)) from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise GritError("signing_key %s: a %s, not an Ed25519 key (runc-grit keygen makes one)"
-                        % (path, type(key).__name__.lstrip("_")), kind="config")
+        raise ConfigError("signing_key %s: a %s, not an Ed25519 key (runc-grit keygen makes one)"
+                        % (path, type(key).__name__.lstrip("_")))
     return Ed25519Key(key, path)
 
 
@@ -191,16 +190,16 @@ def _parse_public(data, path):
     if label != "PUBLIC KEY":
         what = "a private key: trust its public key instead" if label and "PRIVATE" in label \
             else "not a PEM public key"
-        raise GritError("trusted key %s: %s" % (path, what), kind="config")
+        raise ConfigError("trusted key %s: %s" % (path, what))
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError as e:
-        raise GritError("trusted key %s: cannot read it: %s" % (path, e), kind="config") from None
+        raise ConfigError("trusted key %s: cannot read it: %s" % (path, e)) from None
     if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise GritError("trusted key %s: a %s, not an Ed25519 key"
-                        % (path, type(key).__name__.lstrip("_")), kind="config")
+        raise ConfigError("trusted key %s: a %s, not an Ed25519 key"
+                        % (path, type(key).__name__.lstrip("_")))
     return key
 
 
@@ -209,9 +208,9 @@ def _trust_path_stat(path):
     trusted key (or add one to a trusted dir) makes this node accept their checkpoints."""
     st = os.stat(path)
     if st.st_mode & 0o022 or st.st_uid not in (0, os.geteuid()):
-        raise GritError("trusted_keys %s: others can change it (mode %o, owner uid %d): whoever "
+        raise ConfigError("trusted_keys %s: others can change it (mode %o, owner uid %d): whoever "
                         "can write it can make this node trust their key; chown root, chmod go-w"
-                        % (path, st.st_mode & 0o7777, st.st_uid), kind="config")
+                        % (path, st.st_mode & 0o7777, st.st_uid))
     return st
 
 
@@ -220,9 +219,9 @@ def load_public(path):
     try:
         st = _trust_path_stat(path)
     except OSError as e:
-        raise GritError("trusted key %s: %s" % (path, e.strerror), kind="config") from None
+        raise ConfigError("trusted key %s: %s" % (path, e.strerror)) from None
     if not stat.S_ISREG(st.st_mode):
-        raise GritError("trusted key %s: not a regular file" % path, kind="config")
+        raise ConfigError("trusted key %s: not a regular file" % path)
     with open(path, "rb") as f:
         return _parse_public(f.read(), path)
 
@@ -244,7 +243,7 @@ def trusted_keys(conf, own=None):
         except FileNotFoundError:
             continue
         except OSError as e:
-            raise GritError("trusted_keys %s: %s" % (p, e.strerror), kind="config") from None
+            raise ConfigError("trusted_keys %s: %s" % (p, e.strerror)) from None
         for f in files:
             key = load_public(f)
             out.setdefault(public_key_id(key), (key, f))
@@ -281,7 +280,7 @@ def _create(path, data, mode):
         try:
             os.link(tmp, path)
         except FileExistsError:
-            raise GritError("%s exists; not overwritten" % path, kind="config") from None
+            raise ConfigError("%s exists; not overwritten" % path) from None
     finally:
         os.unlink(tmp)
 
@@ -296,8 +295,7 @@ def write_key_pair(out_dir, name="signing"):
     pub_path = os.path.join(out_dir, name + ".pub")
     for p in (key_path, pub_path):
         if os.path.lexists(p):
-            raise GritError("%s exists; not overwritten (remove it, or choose another --out)" % p,
-                            kind="config")
+            raise ConfigError("%s exists; not overwritten (remove it, or choose another --out)" % p)
     os.makedirs(out_dir, mode=0o755, exist_ok=True)
     private = ed25519.Ed25519PrivateKey.generate()
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -343,38 +341,36 @@ def verify(m, conf, where):
     """Raise GritError unless m carries a valid signature of a key this node trusts."""
     sig = m.get("signature")
     if not sig:
-        raise GritError("%s: the checkpoint is not signed, and require_signature is set" % where,
-                        kind="source")
+        raise SourceError("%s: the checkpoint is not signed, and require_signature is set" % where)
     alg, kid = sig.get("alg"), sig.get("key_id")
     key_path = getattr(conf, "signing_key", None)
     own = load_signer(key_path) if key_path else None
     if alg == ED25519:
         keys = trusted_keys(conf, own)
         if kid not in keys:
-            raise GritError("%s: signed by key %s, which this node does not trust (trusted: %s)"
-                            % (where, kid, describe(keys)), kind="source")
+            raise SourceError("%s: signed by key %s, which this node does not trust (trusted: %s)"
+                            % (where, kid, describe(keys)))
         from cryptography.exceptions import InvalidSignature
         try:
             value = base64.b64decode(str(sig.get("value", "")), validate=True)
             keys[kid][0].verify(value, canonical(m))
         except (InvalidSignature, ValueError, binascii.Error):
-            raise GritError("%s: the manifest does not match its signature (edited after "
-                            "signing)" % where, kind="source") from None
+            raise SourceError("%s: the manifest does not match its signature (edited after "
+                            "signing)" % where) from None
         return
     if alg == HMAC:
         if own is None or not own.symmetric:
-            raise GritError("%s: signed with the symmetric (hmac-sha256) key %s, which this node "
+            raise SourceError("%s: signed with the symmetric (hmac-sha256) key %s, which this node "
                             "does not hold (%s)" % (where, kid, "its signing_key %s is an Ed25519 "
-                                                    "key" % key_path if own else "no signing_key"),
-                            kind="source")
+                                                    "key" % key_path if own else "no signing_key"))
         if not hmac.compare_digest(own.mac(m), str(sig.get("value", ""))):
             if kid != own.key_id:
-                raise GritError("%s: signed with another key (key id %s; this node's is %s)"
-                                % (where, kid, own.key_id), kind="source")
-            raise GritError("%s: the manifest does not match its signature (edited after "
-                            "signing)" % where, kind="source")
+                raise SourceError("%s: signed with another key (key id %s; this node's is %s)"
+                                % (where, kid, own.key_id))
+            raise SourceError("%s: the manifest does not match its signature (edited after "
+                            "signing)" % where)
         return
-    raise GritError("%s: unknown signature algorithm %r" % (where, alg), kind="source")
+    raise SourceError("%s: unknown signature algorithm %r" % (where, alg))
 
 
 def check_signature(m, conf, where):
@@ -384,8 +380,8 @@ def check_signature(m, conf, where):
     required = bool(getattr(conf, "require_signature", False))
     if not getattr(conf, "signing_key", None) and not _trust_paths(conf):
         if required:
-            raise GritError("%s: require_signature is set but neither a signing_key nor any "
-                            "trusted_keys are configured" % where, kind="config")
+            raise ConfigError("%s: require_signature is set but neither a signing_key nor any "
+                            "trusted_keys are configured" % where)
         return False
     if m.get("signature") or required:
         verify(m, conf, where)

@@ -11,7 +11,7 @@ import time
 
 from runc_grit.checkpoint.integrity import CHUNK, digests
 from runc_grit.checkpoint import tenant
-from runc_grit.errors import GritError
+from runc_grit.errors import CheckpointError, SourceError
 from runc_grit import fsutil
 from runc_grit.node.config import load_schema
 
@@ -123,8 +123,8 @@ def prepare_dir(image_dir, what):
     symlink or hard-linked file in it (CRIU opens its images by name and would write through
     them). GritError (nothing was done to the container) when that fails."""
     if os.path.islink(image_dir):
-        raise GritError("%s: image dir %s is a symlink; refused, the container was not "
-                        "checkpointed and keeps running" % (what, image_dir), kind="checkpoint")
+        raise CheckpointError("%s: image dir %s is a symlink; refused, the container was not "
+                        "checkpointed and keeps running" % (what, image_dir))
     try:
         os.makedirs(image_dir, mode=0o700, exist_ok=True)
         dfd = fsutil.open_dir(image_dir)  # O_NOFOLLOW: a symlink swapped in meanwhile fails
@@ -134,8 +134,8 @@ def prepare_dir(image_dir, what):
         finally:
             os.close(dfd)
     except OSError as e:
-        raise GritError("%s: image dir %s: %s; the container was not checkpointed and keeps "
-                        "running" % (what, image_dir, e.strerror), kind="checkpoint") from None
+        raise CheckpointError("%s: image dir %s: %s; the container was not checkpointed and keeps "
+                        "running" % (what, image_dir, e.strerror)) from None
 
 
 def remove(image_dir):
@@ -167,7 +167,7 @@ def validate(m, where):
     err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(m))
     if err is not None:
         at = "/".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise GritError("%s: invalid manifest at %s: %s" % (where, at, err.message), kind="source")
+        raise SourceError("%s: invalid manifest at %s: %s" % (where, at, err.message))
 
 
 def load(image_dir):
@@ -178,16 +178,14 @@ def load(image_dir):
     except FileNotFoundError:
         return None
     if not _is_regular(st):
-        raise GritError("restore source %s: %s is not a regular file" % (image_dir, NAME),
-                        kind="source")
+        raise SourceError("restore source %s: %s is not a regular file" % (image_dir, NAME))
     if st.st_size > 16 << 20:
-        raise GritError("restore source %s: %s is too large" % (image_dir, NAME), kind="source")
+        raise SourceError("restore source %s: %s is too large" % (image_dir, NAME))
     try:
         with open(path, "rb") as f:
             m = json.loads(f.read())
     except (OSError, ValueError) as e:
-        raise GritError("restore source %s: unreadable %s: %s" % (image_dir, NAME, e),
-                        kind="source") from None
+        raise SourceError("restore source %s: unreadable %s: %s" % (image_dir, NAME, e)) from None
     validate(m, "restore source %s" % image_dir)
     return m
 
@@ -201,14 +199,14 @@ def check_files(image_dir, m, digest=False, where=None):
         try:
             st = os.lstat(p)
         except FileNotFoundError:
-            raise GritError("%s: image %s listed in the manifest is missing"
-                            % (where, item["name"]), kind="source") from None
+            raise SourceError("%s: image %s listed in the manifest is missing"
+                            % (where, item["name"])) from None
         if not _is_regular(st):
-            raise GritError("%s: image %s is not a regular file"
-                            % (where, item["name"]), kind="source")
+            raise SourceError("%s: image %s is not a regular file"
+                            % (where, item["name"]))
         if st.st_size != item["size"]:
-            raise GritError("%s: image %s has %d bytes, the manifest says %d"
-                            % (where, item["name"], st.st_size, item["size"]), kind="source")
+            raise SourceError("%s: image %s has %d bytes, the manifest says %d"
+                            % (where, item["name"], st.st_size, item["size"]))
     if digest:
         listed = [i for i in m["images"] if has_digest(i)]
         paths = {os.path.join(image_dir, i["name"]): (i.get("sha256_chunks") or {}).get("size")
@@ -217,8 +215,8 @@ def check_files(image_dir, m, digest=False, where=None):
         for item in listed:
             want = item.get("sha256") or item["sha256_chunks"]["digests"]
             if sums[os.path.join(image_dir, item["name"])] != want:
-                raise GritError("%s: image %s does not match its sha256 in the "
-                                "manifest" % (where, item["name"]), kind="source")
+                raise SourceError("%s: image %s does not match its sha256 in the "
+                                "manifest" % (where, item["name"]))
 
 
 def has_digest(item):

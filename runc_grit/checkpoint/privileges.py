@@ -48,7 +48,7 @@ import os
 import posixpath
 import re
 
-from runc_grit.errors import GritError
+from runc_grit.errors import SourceError
 
 # capability names, by bit (linux/capability.h)
 CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
@@ -192,9 +192,9 @@ def restore_flags(spec, runtime_name, lsm=None):
     if not label:
         return []
     if os.path.basename(runtime_name or "") not in LSM_FLAG_RUNTIMES:
-        raise GritError("%s cannot be told the spec's %s label %s for a restore (no "
+        raise SourceError("%s cannot be told the spec's %s label %s for a restore (no "
                         "--lsm-profile); CRIU would restore the checkpoint's label: refused"
-                        % (runtime_name, lsm, label), kind="source")
+                        % (runtime_name, lsm, label))
     return ["--lsm-profile", "%s:%s" % (lsm, label)]
 
 
@@ -715,9 +715,9 @@ def check(image_dir, spec, conf, log=None, where=None, bundle=None):
     found = problems(criuimages.read(image_dir, conf, where=where), spec,
                      source_spec(image_dir), host_facts(spec, bundle))
     if found and mode == "enforce":
-        raise GritError("%s: the checkpoint would give its processes more than this container's "
+        raise SourceError("%s: the checkpoint would give its processes more than this container's "
                         "spec grants: %s" % (where or "restore of %s" % image_dir,
-                                             "; ".join(found[:10])), kind="source")
+                                             "; ".join(found[:10])))
     if found and log is not None:
         log.warning("%s: privilege_check is 'warn': restoring although %s"
                     % (where or image_dir, "; ".join(found[:10])))

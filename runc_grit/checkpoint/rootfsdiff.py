@@ -21,7 +21,7 @@ import stat
 import tarfile
 
 from runc_grit import fsutil
-from runc_grit.errors import GritError
+from runc_grit.errors import CheckpointError, SourceError
 
 DIFF = "rootfs-diff.tar"
 DELETED = "deleted.files"
@@ -74,8 +74,7 @@ def capture(rootfs, image_dir):
         finally:
             os.close(dfd)
     except OSError as e:
-        raise GritError("rootfs diff of %s into %s: %s" % (rootfs, image_dir, e),
-                        kind="checkpoint") from None
+        raise CheckpointError("rootfs diff of %s into %s: %s" % (rootfs, image_dir, e)) from None
     return n, len(deleted)
 
 
@@ -178,7 +177,7 @@ def apply(image_dir, rootfs):
                 _delete(root, rel)
             root.finish_dirs()
     except (OSError, tarfile.TarError, ValueError) as e:
-        raise GritError("%s in %s: %s" % (DIFF, image_dir, e), kind="source") from None
+        raise SourceError("%s in %s: %s" % (DIFF, image_dir, e)) from None
     return n, len(deleted)
 
 
@@ -190,8 +189,8 @@ def _open_image_file(image_dir, name):
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise GritError("%s in %s: %s (a symlink or a special file is refused)"
-                        % (name, image_dir, e.strerror), kind="source") from None
+        raise SourceError("%s in %s: %s (a symlink or a special file is refused)"
+                        % (name, image_dir, e.strerror)) from None
     return os.fdopen(fd, "rb")
 
 
@@ -203,10 +202,10 @@ def _read_deleted(image_dir):
     with f:
         data = f.read(DELETED_LIMIT + 1)
     if len(data) > DELETED_LIMIT:
-        raise GritError("%s in %s: too large" % (DELETED, image_dir), kind="source")
+        raise SourceError("%s in %s: too large" % (DELETED, image_dir))
     deleted = json.loads(data)
     if not isinstance(deleted, list):
-        raise GritError("%s: not a list" % DELETED, kind="source")
+        raise SourceError("%s: not a list" % DELETED)
     return deleted
 
 
@@ -244,11 +243,10 @@ class _Root:
         except FileNotFoundError:
             if not create:
                 raise
-            raise GritError("%s: its directory vanished while it was made" % what,
-                            kind="source") from None
+            raise SourceError("%s: its directory vanished while it was made" % what) from None
         except OSError as e:
-            raise GritError("%s: goes through a symlink or a non-directory in the rootfs "
-                            "(%s); refused" % (what, e.strerror), kind="source") from None
+            raise SourceError("%s: goes through a symlink or a non-directory in the rootfs "
+                            "(%s); refused" % (what, e.strerror)) from None
         self.forget()
         self.cached = (key, fd)
         return fd
@@ -272,7 +270,7 @@ def _member_parts(m):
     try:
         parts = fsutil.confined_parts(m.name)
     except ValueError as e:
-        raise GritError("%s leaves the rootfs (%s)" % (where, e), kind="source") from None
+        raise SourceError("%s leaves the rootfs (%s)" % (where, e)) from None
     return where, parts
 
 
@@ -283,18 +281,18 @@ def _unpack(tar, root):
         n += 1
         where, parts = _member_parts(m)
         if m.isdev() or m.isfifo():
-            raise GritError("%s: device or fifo %r refused" % (DIFF, m.name), kind="source")
+            raise SourceError("%s: device or fifo %r refused" % (DIFF, m.name))
         if not parts:
             if m.isdir():
                 continue  # the rootfs itself: left as it is
-            raise GritError("%s is the rootfs itself" % where, kind="source")
+            raise SourceError("%s is the rootfs itself" % where)
         if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
-            raise GritError("%s: unsupported type %r" % (where, m.type), kind="source")
+            raise SourceError("%s: unsupported type %r" % (where, m.type))
         dfd = root.parent(where, parts)
         try:
             _make(tar, root, dfd, parts, m, where)
         except OSError as e:
-            raise GritError("%s: %s" % (where, e.strerror or e), kind="source") from None
+            raise SourceError("%s: %s" % (where, e.strerror or e)) from None
     return n
 
 
@@ -364,15 +362,14 @@ def _make_hardlink(root, dfd, name, m, where):
     try:
         src = fsutil.confined_parts(m.linkname)
     except ValueError as e:
-        raise GritError("%s: link to %r leaves the rootfs (%s)" % (where, m.linkname, e),
-                        kind="source") from None
+        raise SourceError("%s: link to %r leaves the rootfs (%s)" % (where, m.linkname, e)) from None
     if not src:
-        raise GritError("%s: link to the rootfs itself" % where, kind="source")
+        raise SourceError("%s: link to the rootfs itself" % where)
     try:
         sfd = fsutil.walk(root.fd, src[:-1])
     except OSError as e:
-        raise GritError("%s: link to %r: %s (a symlink or non-directory on its way is "
-                        "refused)" % (where, m.linkname, e.strerror), kind="source") from None
+        raise SourceError("%s: link to %r: %s (a symlink or non-directory on its way is "
+                        "refused)" % (where, m.linkname, e.strerror)) from None
     try:
         os.link(src[-1], name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
     finally:
@@ -386,9 +383,9 @@ def _delete(root, rel):
     try:
         parts = fsutil.confined_parts(rel)
     except ValueError as e:
-        raise GritError("%s leaves the rootfs (%s)" % (where, e), kind="source") from None
+        raise SourceError("%s leaves the rootfs (%s)" % (where, e)) from None
     if not parts:
-        raise GritError("%s is the rootfs itself" % where, kind="source")
+        raise SourceError("%s is the rootfs itself" % where)
     try:
         dfd = root.parent(where, parts, create=False)
     except FileNotFoundError:
@@ -396,4 +393,4 @@ def _delete(root, rel):
     try:
         fsutil.remove_at(dfd, parts[-1])
     except OSError as e:
-        raise GritError("%s: %s" % (where, e.strerror or e), kind="source") from None
+        raise SourceError("%s: %s" % (where, e.strerror or e)) from None

@@ -10,7 +10,7 @@ import os
 
 from runc_grit.checkpoint import images, imagedir, provenance, staging, tenant
 from runc_grit.checkpoint import manifest as _manifest
-from runc_grit.errors import GritError
+from runc_grit.errors import SourceError
 
 RESTORE_FROM = ("grit.dev/restore-from", "kybernate.io/restore-from")
 GRIT_CHECKPOINT = "grit.dev/checkpoint"
@@ -46,8 +46,7 @@ def requested(ann, default_policy="fail"):
         return None
     policy = ann.get(POLICY, default_policy)
     if policy not in ("fail", "fresh"):
-        raise GritError("annotation %s: %r is neither 'fail' nor 'fresh'" % (POLICY, policy),
-                        kind="source")
+        raise SourceError("annotation %s: %r is neither 'fail' nor 'fresh'" % (POLICY, policy))
     for key in RESTORE_FROM:
         if ann.get(key):
             return RestoreRequest(ann[key], key, policy)
@@ -55,11 +54,10 @@ def requested(ann, default_policy="fail"):
     if base:
         name = next((ann[k] for k in CONTAINER_NAME_KEYS if ann.get(k)), None)
         if not name:
-            raise GritError("annotation %s needs the container name (%s)"
-                            % (GRIT_CHECKPOINT, CONTAINER_NAME_KEYS[0]), kind="source")
+            raise SourceError("annotation %s needs the container name (%s)"
+                            % (GRIT_CHECKPOINT, CONTAINER_NAME_KEYS[0]))
         if "/" in name or name in (".", ".."):
-            raise GritError("container name %r cannot name a checkpoint directory" % name,
-                            kind="source")
+            raise SourceError("container name %r cannot name a checkpoint directory" % name)
         return RestoreRequest(os.path.join(base, name, "checkpoint"), GRIT_CHECKPOINT, policy)
     return None
 
@@ -71,20 +69,20 @@ def _inside(path, roots):
 def resolve(path, roots):
     """Real path of a restore source, after the root and symlink checks."""
     if not isinstance(path, str) or not os.path.isabs(path) or "\0" in path:
-        raise GritError("restore source %r: not an absolute path" % (path,), kind="source")
+        raise SourceError("restore source %r: not an absolute path" % (path,))
     real_roots = [os.path.realpath(r) for r in roots if os.path.isdir(r)]
     if not real_roots:
-        raise GritError("restore source %s: no checkpoint_roots exist on this node (%s)"
-                        % (path, ", ".join(roots) or "none configured"), kind="source")
+        raise SourceError("restore source %s: no checkpoint_roots exist on this node (%s)"
+                        % (path, ", ".join(roots) or "none configured"))
     real = os.path.realpath(path)
     if not _inside(real, real_roots):
         via = "" if real == os.path.normpath(path) else " (resolves to %s)" % real
-        raise GritError("restore source %s%s is outside the checkpoint roots %s"
-                        % (path, via, ", ".join(real_roots)), kind="source")
+        raise SourceError("restore source %s%s is outside the checkpoint roots %s"
+                        % (path, via, ", ".join(real_roots)))
     if not os.path.exists(real):
-        raise GritError("restore source %s: no such directory" % path, kind="source")
+        raise SourceError("restore source %s: no such directory" % path)
     if not os.path.isdir(real):
-        raise GritError("restore source %s: not a directory" % path, kind="source")
+        raise SourceError("restore source %s: not a directory" % path)
     return real
 
 
@@ -100,16 +98,15 @@ def authenticate(src, conf, where):
     raw = src.read(_manifest.NAME, MANIFEST_LIMIT)
     if raw is None:
         if conf.require_signature:
-            raise GritError("%s: no %s: the checkpoint is not signed, and require_signature is "
-                            "set" % (where, _manifest.NAME), kind="source")
+            raise SourceError("%s: no %s: the checkpoint is not signed, and require_signature is "
+                            "set" % (where, _manifest.NAME))
         return None, None, False
     try:
         m = json.loads(raw)
     except ValueError as e:
-        raise GritError("%s: unreadable %s: %s" % (where, _manifest.NAME, e),
-                        kind="source") from None
+        raise SourceError("%s: unreadable %s: %s" % (where, _manifest.NAME, e)) from None
     if not isinstance(m, dict):
-        raise GritError("%s: %s is not a JSON object" % (where, _manifest.NAME), kind="source")
+        raise SourceError("%s: %s is not a JSON object" % (where, _manifest.NAME))
     from runc_grit.checkpoint import integrity
     signed = integrity.check_signature(m, conf, where)
     _manifest.validate(m, where)
@@ -126,12 +123,12 @@ def check_age(m, conf, where):
     try:
         made = calendar.timegm(time.strptime(m["created"][:19], "%Y-%m-%dT%H:%M:%S"))
     except (KeyError, ValueError):
-        raise GritError("%s: the manifest's creation time %r cannot be read"
-                        % (where, m.get("created")), kind="source") from None
+        raise SourceError("%s: the manifest's creation time %r cannot be read"
+                        % (where, m.get("created"))) from None
     age = time.time() - made
     if age > limit:
-        raise GritError("%s: the checkpoint is %d s old; this node restores checkpoints up to "
-                        "max_checkpoint_age %d s" % (where, age, limit), kind="source")
+        raise SourceError("%s: the checkpoint is %d s old; this node restores checkpoints up to "
+                        "max_checkpoint_age %d s" % (where, age, limit))
 
 
 def validate(path, conf, image_format="CRIU", spec=None):
@@ -150,9 +147,8 @@ def validate(path, conf, image_format="CRIU", spec=None):
     with imagedir.ImageDir(real, where) as src:
         m, raw, signed = authenticate(src, conf, where)
         if m is None and not conf.accept_raw_criu:
-            raise GritError("restore source %s: no %s, so not a complete runc-grit checkpoint "
-                            "(set accept_raw_criu to allow raw CRIU dirs)" % (path, _manifest.NAME),
-                            kind="source")
+            raise SourceError("restore source %s: no %s, so not a complete runc-grit checkpoint "
+                            "(set accept_raw_criu to allow raw CRIU dirs)" % (path, _manifest.NAME))
         if m is not None:
             tenant.check(m, _annotations(spec), conf, where)
             check_age(m, conf, where)
@@ -190,7 +186,7 @@ def _size_of(src, name):
     """The size of a regular file in src (a raw CRIU dir, no manifest), else refused."""
     fd, st = src.open_regular(name, limit=None) or (None, None)
     if fd is None:
-        raise GritError("%s: %s vanished" % (src.where, name), kind="source")
+        raise SourceError("%s: %s vanished" % (src.where, name))
     os.close(fd)
     return st.st_size
 
@@ -213,15 +209,15 @@ def verify_given(image_dir, conf, kubernetes=False, spec=None):
     where = "restore image %s" % image_dir
     if not os.path.isdir(image_dir):
         if kubernetes:
-            raise GritError("%s: no such directory" % where, kind="source")
+            raise SourceError("%s: no such directory" % where)
         return None
     with imagedir.ImageDir(os.path.realpath(image_dir), where) as src:
         raw = src.read(_manifest.NAME, MANIFEST_LIMIT)
         if raw is None:
             if kubernetes and (conf.require_signature or not conf.accept_raw_criu):
-                raise GritError("%s: no %s: not a checkpoint taken through runc-grit, and this "
+                raise SourceError("%s: no %s: not a checkpoint taken through runc-grit, and this "
                                 "node restores only those (require_signature, accept_raw_criu)"
-                                % (where, _manifest.NAME), kind="source")
+                                % (where, _manifest.NAME))
             return None
         m, _, signed = authenticate(src, conf, where)
         tenant.check(m, _annotations(spec), conf, where)

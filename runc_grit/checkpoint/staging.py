@@ -27,7 +27,7 @@ import stat
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
-from runc_grit.errors import GritError
+from runc_grit.errors import SourceError
 
 
 PIECE = 256 << 20  # large files are copied in pieces of this size, in parallel
@@ -105,8 +105,7 @@ def stage(src, items, staging_dir, where, manifest_bytes=None, manifest_name=Non
         sweep(staging_dir)
         dest = tempfile.mkdtemp(prefix="%s%d-" % (PREFIX, os.getpid()), dir=staging_dir)
     except OSError as e:
-        raise GritError("%s: staging dir %s: %s" % (where, staging_dir, e.strerror),
-                        kind="source") from None
+        raise SourceError("%s: staging dir %s: %s" % (where, staging_dir, e.strerror)) from None
     jobs, fds = [], []
     try:
         for name, size in items:
@@ -129,9 +128,8 @@ def stage(src, items, staging_dir, where, manifest_bytes=None, manifest_name=Non
         hint = ("; hint: no space left on the device of staging_dir %s: free space there, or "
                 "point staging_dir at a larger one" % staging_dir
                 if e.errno in (errno.ENOSPC, errno.EDQUOT) else "")
-        raise GritError("%s: copying %s into the staging dir: %s%s"
-                        % (where, getattr(e, "filename", "") or src.path, e.strerror, hint),
-                        kind="source") from None
+        raise SourceError("%s: copying %s into the staging dir: %s%s"
+                        % (where, getattr(e, "filename", "") or src.path, e.strerror, hint)) from None
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -206,9 +204,9 @@ def check_in_place(image_dir, root, where):
     parents up to the checkpoint root, every file, no hard links) or on a shared filesystem."""
     why = in_place_problem(image_dir, root)
     if why:
-        raise GritError("%s: %s: someone other than root could swap the images after they are "
+        raise SourceError("%s: %s: someone other than root could swap the images after they are "
                         "verified (staging: none needs a root-only, local checkpoint root)"
-                        % (where, why), kind="source")
+                        % (where, why))
 
 
 def discard(path, staging_dir):

@@ -9,7 +9,7 @@ checkpoint.compat).
 A container outside Kubernetes (no CRI annotations) is the tenant "" (the node's root
 callers): its checkpoints restore into other such containers, never into a pod's.
 """
-from runc_grit.errors import GritError
+from runc_grit.errors import SourceError
 
 # (what, containerd's CRI annotation, CRI-O's)
 FIELDS = (
@@ -86,4 +86,4 @@ def check(m, dst_annotations, conf, where):
     found = problems(of_manifest(m), of(dst_annotations),
                      getattr(conf, "tenant_transfers", None) or ())
     if found:
-        raise GritError("%s: refused: %s" % (where, "; ".join(found)), kind="source")
+        raise SourceError("%s: refused: %s" % (where, "; ".join(found)))

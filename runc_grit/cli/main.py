@@ -61,7 +61,10 @@ def doctor(as_json):
     from runc_grit.node.doctor import render, run_checks
     checks = run_checks()
     click.echo(render(checks, as_json))
-    sys.exit(2 if any(c.blocker and not c.ok for c in checks) else 0)
+    blockers = [c.name for c in checks if c.blocker and not c.ok]
+    if blockers:
+        from runc_grit.errors import BlockerError
+        raise BlockerError("doctor: %d blocker(s): %s" % (len(blockers), ", ".join(blockers)))
 
 
 @cli.command()

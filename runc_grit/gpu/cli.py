@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from runc_grit.errors import GritError
+from runc_grit.errors import GritError, GpuError
 
 
 def _device_map(text):
@@ -76,7 +76,7 @@ def cuda_checkpoint(toggle, action, get_state, get_restore_tid, pid, timeout, de
             elif state == "locked":
                 api.unlock(pid)
             else:
-                raise GritError("pid %d: cannot toggle from state %s" % (pid, state), kind="gpu")
+                raise GpuError("pid %d: cannot toggle from state %s" % (pid, state))
     except (CudaError, OSError) as e:
         click.echo("Error: %s" % e, err=True)
         sys.exit(1)

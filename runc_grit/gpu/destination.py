@@ -1,7 +1,7 @@
 """GPU phase on the destination, before anything runs: can this node host a checkpoint's
 CUDA state (GPU count, model, driver), and onto which of its GPUs (UUID pairs for the
 restore) do the source's go? The destination's GPUs are those of the new container's spec."""
-from runc_grit.errors import GritError
+from runc_grit.errors import GritError, GpuError
 from runc_grit.gpu import discovery, grants
 from runc_grit.gpu import helper as _helper
 
@@ -14,7 +14,7 @@ def device_pairs(source_devices, dest_devices):
     if not src or set(src) <= set(dst):
         return []
     if len(dst) < len(src):
-        raise GritError("checkpoint used %d GPU(s); only %d here" % (len(src), len(dst)), kind="gpu")
+        raise GpuError("checkpoint used %d GPU(s); only %d here" % (len(src), len(dst)))
     return [(s, d) for s, d in zip(src, dst) if s != d] or []
 
 
@@ -49,11 +49,10 @@ def check_grant(m, spec, nvidia_runtime=False):
         len(g.get("processes") or ()), len(src), _models(src)) if src else \
         "the checkpoint holds CUDA state of %d process(es)" % len(g.get("processes") or ())
     if grant.empty():
-        raise GritError("%s; this container's spec grants %s" % (used, grant.describe()),
-                        kind="gpu")
+        raise GpuError("%s; this container's spec grants %s" % (used, grant.describe()))
     if grant.count() is not None and grant.count() < max(1, len(src)):
-        raise GritError("%s; this container's spec grants %d GPU(s) (%s)"
-                        % (used, grant.count(), grant.describe()), kind="gpu")
+        raise GpuError("%s; this container's spec grants %d GPU(s) (%s)"
+                        % (used, grant.count(), grant.describe()))
     return grant
 
 
@@ -66,7 +65,7 @@ def check_destination(m, conf, bundle=None, spec=None, nvidia_runtime=False):
         return None
     src = g.get("devices") or []
     if conf.cuda.get("enabled") == "never":
-        raise GritError("checkpoint holds CUDA state but cuda.enabled is 'never' here", kind="gpu")
+        raise GpuError("checkpoint holds CUDA state but cuda.enabled is 'never' here")
     if spec is None and bundle:
         spec = _spec_of(bundle)
     grant = check_grant(m, spec, nvidia_runtime)
@@ -76,24 +75,22 @@ def check_destination(m, conf, bundle=None, spec=None, nvidia_runtime=False):
         return []
     inv = discovery.inventory()
     if not inv or not inv["devices"]:
-        raise GritError("checkpoint holds CUDA state of %d GPU(s) (%s); this node has no NVIDIA GPU"
-                        % (len(src), _models(src)), kind="gpu")
+        raise GpuError("checkpoint holds CUDA state of %d GPU(s) (%s); this node has no NVIDIA GPU"
+                        % (len(src), _models(src)))
     if len(inv["devices"]) < len(src):
-        raise GritError("checkpoint used %d GPU(s); this node has %d" % (len(src), len(inv["devices"])),
-                        kind="gpu")
+        raise GpuError("checkpoint used %d GPU(s); this node has %d" % (len(src), len(inv["devices"])))
     if conf.cuda.get("require_same_gpu_model", True):
         have = {d["name"] for d in inv["devices"]}
         for d in src:
             if d.get("name") and d["name"] not in have:
-                raise GritError("checkpoint GPU model %s; this node has %s"
-                                % (d["name"], ", ".join(sorted(have))), kind="gpu")
+                raise GpuError("checkpoint GPU model %s; this node has %s"
+                                % (d["name"], ", ".join(sorted(have))))
     want = g.get("driver_version")
     if want and inv.get("driver_version") and want.split(".")[0] != inv["driver_version"].split(".")[0]:
-        raise GritError("checkpoint made with NVIDIA driver %s; this node has %s"
-                        % (want, inv["driver_version"]), kind="gpu")
+        raise GpuError("checkpoint made with NVIDIA driver %s; this node has %s"
+                        % (want, inv["driver_version"]))
     visible = grant.select(inv["devices"])
     if len(visible) < len(src):
-        raise GritError("the checkpoint used %d GPU(s); this container's spec grants %s, of which "
-                        "%d are on this node" % (len(src), grant.describe(), len(visible)),
-                        kind="gpu")
+        raise GpuError("the checkpoint used %d GPU(s); this container's spec grants %s, of which "
+                        "%d are on this node" % (len(src), grant.describe(), len(visible)))
     return device_pairs(src, visible)

@@ -11,7 +11,7 @@ refused), with the *at calls: nothing of the container's image is run.
 import os
 import stat
 
-from runc_grit.errors import GritError
+from runc_grit.errors import GpuError
 
 
 def _is_gpu(name):
@@ -62,7 +62,7 @@ def sync(init_pid, spec, nvidia_runtime=False, inventory=None):
         finally:
             os.close(root)
     except OSError as e:
-        raise GritError("the restored container's /dev: %s" % e.strerror, kind="gpu") from None
+        raise GpuError("the restored container's /dev: %s" % e.strerror) from None
     try:
         create, remove = plan(want, set(os.listdir(fd)))
         for name in remove:
@@ -79,6 +79,6 @@ def sync(init_pid, spec, nvidia_runtime=False, inventory=None):
                      follow_symlinks=False)
         return [d["path"] for d in create], ["/dev/" + n for n in remove]
     except OSError as e:
-        raise GritError("the restored container's GPU device nodes: %s" % e, kind="gpu") from None
+        raise GpuError("the restored container's GPU device nodes: %s" % e) from None
     finally:
         os.close(fd)

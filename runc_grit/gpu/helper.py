@@ -6,7 +6,7 @@ asks which of a container's processes use CUDA, instead of guessing from file na
 """
 import subprocess
 
-from runc_grit.errors import GritError
+from runc_grit.errors import GritError, GpuError
 
 
 def for_each(pids, step):
@@ -99,7 +99,7 @@ class BuiltinHelper(Helper):
         try:
             self.api = open_backend(library)
         except (OSError, CudaError) as e:
-            raise GritError("CUDA driver API unavailable (%s): %s" % (library, e), kind="gpu") from None
+            raise GpuError("CUDA driver API unavailable (%s): %s" % (library, e)) from None
         self.name = "builtin/" + self.api.name
 
     def _do(self, fn, *a):
@@ -107,7 +107,7 @@ class BuiltinHelper(Helper):
         try:
             return fn(*a)
         except CudaError as e:
-            raise GritError(str(e), kind="gpu") from None
+            raise GpuError(str(e)) from None
 
     def may_be_cuda(self, pid):
         from runc_grit.gpu.discovery import holds_nvidia_device
@@ -150,11 +150,11 @@ class BinaryHelper(Helper):
             p = subprocess.run(self.argv(args), stdin=subprocess.DEVNULL,
                                capture_output=True, timeout=600, preexec_fn=_die_with_parent)
         except OSError as e:
-            raise GritError("cuda helper %s: %s" % (self.name, e.strerror), kind="gpu") from None
+            raise GpuError("cuda helper %s: %s" % (self.name, e.strerror)) from None
         if check and p.returncode != 0:
             msg = (p.stderr or p.stdout).decode("utf-8", "replace").strip().splitlines()
-            raise GritError("cuda helper %s %s failed: %s" % (self.name, " ".join(map(str, args)),
-                            msg[-1] if msg else "exit %d" % p.returncode), kind="gpu")
+            raise GpuError("cuda helper %s %s failed: %s" % (self.name, " ".join(map(str, args)),
+                            msg[-1] if msg else "exit %d" % p.returncode))
         return p
 
     def state(self, pid):

@@ -5,7 +5,7 @@ import json
 import os
 import time
 
-from runc_grit.errors import GritError
+from runc_grit.errors import GritError, GpuError
 from runc_grit.gpu import destination, discovery
 from runc_grit.gpu import helper as _helper
 from runc_grit.gpu import records
@@ -32,7 +32,7 @@ def post_restore(init_pid, st):
     from runc_grit.gpu import devnodes
     from runc_grit.oci import spec as _spec
     if not bundle:
-        raise GritError("post-restore: the container's bundle is not known", kind="gpu")
+        raise GpuError("post-restore: the container's bundle is not known")
     return devnodes.sync(init_pid, _spec.load(bundle),
                          os.environ.get("RUNC_GRIT_NVIDIA_RUNTIME") == "1",
                          discovery.inventory_or_none)
@@ -103,8 +103,8 @@ def post_resume(init_pid, st, conf, image_dir=None, log=None, pairs=None):
     bad = {p: helper.state(p) for p in states}
     bad = {p: s for p, s in bad.items() if s != "running"}
     if bad:
-        raise GritError("CUDA processes not running after restore: %s"
-                        % ", ".join("%d=%s" % kv for kv in sorted(bad.items())), kind="gpu")
+        raise GpuError("CUDA processes not running after restore: %s"
+                        % ", ".join("%d=%s" % kv for kv in sorted(bad.items())))
     if st is not None:
         rec = {"init_pid": int(init_pid), "restored": sorted(states), "device_pairs": pairs,
                "timings": {"cuda_restore_s": t1 - t0, "post_resume_hook_s": time.monotonic() - t0}}

@@ -4,7 +4,7 @@ memory), so that CRIU dumps plain memory. Idempotent: runc runs every hook twice
 import threading
 import time
 
-from runc_grit.errors import GritError
+from runc_grit.errors import GpuError
 from runc_grit.gpu import discovery
 from runc_grit.gpu import helper as _helper
 from runc_grit.gpu import records
@@ -31,10 +31,10 @@ def refuse_uncheckpointable(pids, cuda):
     anything is locked, instead of CRIU's "Dumping FAILED"."""
     others = [p for p in pids if p not in cuda and discovery.holds_nvidia_device(p)]
     if others:
-        raise GritError("pid %s holds an NVIDIA device open but is not a CUDA process the "
+        raise GpuError("pid %s holds an NVIDIA device open but is not a CUDA process the "
                         "driver can checkpoint (still initialising CUDA, or a GPU client "
                         "such as NVML): CRIU cannot dump it; checkpoint once it runs CUDA"
-                        % ", ".join(map(str, others)), kind="gpu")
+                        % ", ".join(map(str, others)))
 
 
 def pre_dump(init_pid, st, conf, log=None):
@@ -90,7 +90,7 @@ def pre_dump(init_pid, st, conf, log=None):
     for p in cuda:
         s = helper.state(p)
         if s != "checkpointed":
-            raise GritError("pid %d: CUDA state %s after checkpoint" % (p, s), kind="gpu")
+            raise GpuError("pid %d: CUDA state %s after checkpoint" % (p, s))
     rec["timings"].update({"discovery_s": t1 - t_helper, "cuda_lock_s": t2 - t1,
                            "cuda_checkpoint_s": t3 - t2,
                            "pre_dump_hook_s": time.monotonic() - t0})

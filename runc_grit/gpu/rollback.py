@@ -3,7 +3,7 @@ process the pre-dump hook locked or checkpointed is restored and unlocked again,
 source keeps computing. Nothing is left locked."""
 import os
 
-from runc_grit.errors import GritError
+from runc_grit.errors import GritError, GpuError
 from runc_grit.gpu import helper as _helper
 from runc_grit.gpu import records
 
@@ -39,7 +39,7 @@ def epilogue(st, conf, log=None):
     rec["epilogue"] = {"resumed": resumed, "failed": failed}
     records.write_record(st, rec)
     if failed:
-        raise GritError("CUDA processes %s could not be resumed" % failed, kind="gpu")
+        raise GpuError("CUDA processes %s could not be resumed" % failed)
     return resumed
 
 

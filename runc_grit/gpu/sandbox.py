@@ -15,7 +15,7 @@ would hold live GPU state that no restore can bring back.
 import json
 import subprocess
 
-from runc_grit.errors import GritError
+from runc_grit.errors import GritError, CheckpointError, GpuError
 from runc_grit.gpu.helper import BinaryHelper
 
 DEFAULT_HELPER = "/usr/local/bin/cuda-checkpoint"
@@ -39,11 +39,10 @@ class SandboxHelper(BinaryHelper):
         p = self._run("--help", check=False)
         if p.returncode != 0:
             msg = (p.stderr or p.stdout).decode("utf-8", "replace").strip().splitlines()
-            raise GritError("%s: no CUDA checkpoint helper can run inside the gVisor sandbox of "
+            raise GpuError("%s: no CUDA checkpoint helper can run inside the gVisor sandbox of "
                             "%s: %s: %s (put cuda-checkpoint into the container image, or set "
                             "cuda.sandbox_helper)" % (what, self.cid, self.path,
-                                                      msg[-1] if msg else "exit %d" % p.returncode),
-                            kind="gpu")
+                                                      msg[-1] if msg else "exit %d" % p.returncode))
 
     def pids(self):
         """The sandbox's process ids (`runsc ps --format json`)."""
@@ -52,15 +51,14 @@ class SandboxHelper(BinaryHelper):
                                             + ["ps", "--format", "json", self.cid]),
                                stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise GritError("runsc ps %s: %s" % (self.cid, e), kind="gpu") from None
+            raise GpuError("runsc ps %s: %s" % (self.cid, e)) from None
         try:
             pids = json.loads(p.stdout) if p.returncode == 0 else None
         except ValueError:
             pids = None
         if not isinstance(pids, list) or not all(isinstance(x, int) for x in pids):
-            raise GritError("runsc ps %s gave no process list: %s"
-                            % (self.cid, p.stderr.decode("utf-8", "replace").strip()[-200:]),
-                            kind="gpu")
+            raise GpuError("runsc ps %s gave no process list: %s"
+                            % (self.cid, p.stderr.decode("utf-8", "replace").strip()[-200:]))
         return pids
 
 
@@ -101,12 +99,11 @@ def freeze(helper, conf, log):
             done.append(p)
             s = helper.suspend(p, conf.cuda.get("lock_timeout_ms", 10000), states[p])
             if s != "checkpointed":
-                raise GritError("CUDA process %d is %s, not checkpointed" % (p, s), kind="gpu")
+                raise GpuError("CUDA process %d is %s, not checkpointed" % (p, s))
     except GritError as e:
         unfreeze(helper, done, log)
-        raise GritError("%s: CUDA freeze inside the sandbox failed: %s; the container was not "
-                        "checkpointed and keeps running" % (what, e.message),
-                        kind="checkpoint") from None
+        raise CheckpointError("%s: CUDA freeze inside the sandbox failed: %s; the container was not "
+                        "checkpointed and keeps running" % (what, e.message)) from None
     log.debug("%s: CUDA frozen in %s" % (what, ",".join(map(str, cuda)) or "no process"))
     return cuda
 
@@ -133,11 +130,11 @@ def thaw_restored(helper, pids, log):
     for p in pids:
         s = helper.state(p)
         if s is None:
-            raise GritError("CUDA process %d of the checkpoint is not a CUDA process in the "
-                            "restored sandbox" % p, kind="gpu")
+            raise GpuError("CUDA process %d of the checkpoint is not a CUDA process in the "
+                            "restored sandbox" % p)
         s = helper.resume(p, s)
         if s != "running":
-            raise GritError("CUDA process %d is %s after restore" % (p, s), kind="gpu")
+            raise GpuError("CUDA process %d is %s after restore" % (p, s))
     log.debug("CUDA unfrozen in %s: %s" % (helper.cid, ",".join(map(str, pids))))
 
 

@@ -4,7 +4,7 @@ import json
 import os
 
 from runc_grit import fastconf
-from runc_grit.errors import GritError
+from runc_grit.errors import ConfigError
 
 # runc_grit/: its schemas/ and hooks/ are found from here however runc-grit is installed
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,7 +78,7 @@ def validate(data, source="config"):
                     key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
-        raise GritError("%s: invalid key %s: %s" % (source, _key_path(e), e.message), kind="config")
+        raise ConfigError("%s: invalid key %s: %s" % (source, _key_path(e), e.message))
 
 
 def merge(data):
@@ -147,22 +147,21 @@ def load(path=None):
             text = f.read()
     except FileNotFoundError:
         if path != fastconf.DEFAULT_PATH:
-            raise GritError("config %s: no such file" % path, kind="config") from None
+            raise ConfigError("config %s: no such file" % path) from None
         return Config(merge({}), None)
     except OSError as e:
-        raise GritError("config %s: %s" % (path, e.strerror), kind="config") from None
+        raise ConfigError("config %s: %s" % (path, e.strerror)) from None
     import yaml
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = " at line %d" % (mark.line + 1) if mark is not None else ""
-        raise GritError("config %s: bad YAML%s: %s" % (path, where, getattr(e, "problem", e)),
-                        kind="config") from None
+        raise ConfigError("config %s: bad YAML%s: %s" % (path, where, getattr(e, "problem", e))) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise GritError("config %s: top level must be a mapping" % path, kind="config")
+        raise ConfigError("config %s: top level must be a mapping" % path)
     validate(data, "config %s" % path)
     merged = merge(data)
     _remember(path, merged)
@@ -177,8 +176,7 @@ def hook_script(conf):
         return conf.hook_script
     path = os.path.join(PACKAGE_DIR, "hooks", "grit-hook")
     if not os.path.isfile(path):
-        raise GritError("CRIU action script %s not found; set hook_script in the config" % path,
-                        kind="config")
+        raise ConfigError("CRIU action script %s not found; set hook_script in the config" % path)
     if not os.access(path, os.X_OK):
-        raise GritError("CRIU action script %s is not executable" % path, kind="config")
+        raise ConfigError("CRIU action script %s is not executable" % path)
     return path

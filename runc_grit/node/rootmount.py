@@ -9,7 +9,7 @@ forked child that joins it), and after the restore runc-grit checks the restored
 import ctypes
 import os
 
-from runc_grit.errors import GritError
+from runc_grit.errors import RestoreError
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -45,7 +45,7 @@ def make_readonly(pid):
     joins pid's mount namespace. True when it was writable and now is not."""
     opts = root_options(pid)
     if opts is None:
-        raise GritError("the restored container's root mount cannot be read", kind="restore")
+        raise RestoreError("the restored container's root mount cannot be read")
     if "ro" in opts:
         return False
     flags = MS_REMOUNT | MS_BIND | MS_RDONLY
@@ -68,7 +68,6 @@ def make_readonly(pid):
     _, status = os.waitpid(child, 0)
     rc = os.waitstatus_to_exitcode(status)
     if rc != 0 or not is_readonly(pid):
-        raise GritError("cannot make the restored container's root read-only as its spec says "
-                        "(%s)" % (os.strerror(rc) if rc > 0 else "status %d" % rc),
-                        kind="restore")
+        raise RestoreError("cannot make the restored container's root read-only as its spec says "
+                        "(%s)" % (os.strerror(rc) if rc > 0 else "status %d" % rc))
     return True

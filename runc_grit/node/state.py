@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 
-from runc_grit.errors import GritError
+from runc_grit.errors import UsageError
 from runc_grit.fsutil import write_json_atomic
 
 ID_RE = re.compile(r"^[\w+\-.]+$")
@@ -27,7 +27,7 @@ STOPPED_MARK = "stopped-by-checkpoint"
 
 def check_id(cid):
     if not cid or not ID_RE.match(cid) or cid in (".", ".."):
-        raise GritError("invalid container id %r" % (cid,), kind="usage")
+        raise UsageError("invalid container id %r" % (cid,))
     return cid
 
 

@@ -24,7 +24,7 @@ def find_busybox():
             # a static busybox has no PT_INTERP, so no loader path in its first page
             if b"ld-linux" not in head:
                 return c
-    raise GritError("no static busybox found (install busybox-static)", kind="error")
+    raise GritError("no static busybox found (install busybox-static)")
 
 
 def make_rootfs(path):

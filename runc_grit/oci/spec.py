@@ -1,12 +1,11 @@
-"""The bundle's config.json as a plain dict, and small changes to it.
-
-Each change is a function ``(spec: dict) -> None``; ``apply`` runs a list of them. Unknown
-fields are never touched, so whatever the runtime or a newer OCI spec adds survives.
+"""The bundle's config.json as a plain dict: load, save, read. Changes to it are
+oci.modifiers'. Unknown fields are never touched, so whatever the runtime or a newer OCI spec
+adds survives.
 """
 import json
 import os
 
-from runc_grit.errors import GritError
+from runc_grit.errors import SpecError
 from runc_grit.fsutil import write_json_atomic
 
 CRIU_CONFIG_ANNOTATION = "org.criu.config"
@@ -19,20 +18,18 @@ def load(bundle, name="config.json"):
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
-        raise GritError("bundle %s: cannot read %s: %s" % (bundle, name, e.strerror),
-                        kind="spec") from None
+        raise SpecError("bundle %s: cannot read %s: %s" % (bundle, name, e.strerror)) from None
     try:
         spec = json.loads(raw)
     except ValueError as e:
-        raise GritError("bundle %s: malformed %s: %s" % (bundle, name, e), kind="spec") from None
+        raise SpecError("bundle %s: malformed %s: %s" % (bundle, name, e)) from None
     if not isinstance(spec, dict):
-        raise GritError("bundle %s: malformed %s: top level is not an object" % (bundle, name),
-                        kind="spec")
+        raise SpecError("bundle %s: malformed %s: top level is not an object" % (bundle, name))
     ann = spec.get("annotations")
     if ann is not None and (not isinstance(ann, dict)
                             or not all(isinstance(v, str) for v in ann.values())):
-        raise GritError("bundle %s: malformed %s: annotations must map strings to strings"
-                        % (bundle, name), kind="spec")
+        raise SpecError("bundle %s: malformed %s: annotations must map strings to strings"
+                        % (bundle, name))
     return spec
 
 
@@ -48,38 +45,6 @@ def save(bundle, spec, name="config.json"):
 
 def annotations(spec):
     return spec.get("annotations") or {}
-
-
-def apply(spec, changes):
-    for change in changes:
-        change(spec)
-    return spec
-
-
-# --- changes ------------------------------------------------------------------------------
-
-def set_annotation(key, value):
-    def change(spec):
-        ann = spec.get("annotations")
-        if not isinstance(ann, dict):
-            ann = spec["annotations"] = {}
-        ann[key] = value
-    change.__name__ = "set_annotation(%s)" % key
-    return change
-
-
-def set_criu_config(path):
-    """Name the container's CRIU config; runc hands it to CRIU at checkpoint and restore."""
-    return set_annotation(CRIU_CONFIG_ANNOTATION, path)
-
-
-def drop_annotation(key):
-    def change(spec):
-        ann = spec.get("annotations")
-        if isinstance(ann, dict):
-            ann.pop(key, None)
-    change.__name__ = "drop_annotation(%s)" % key
-    return change
 
 
 def env(spec):

@@ -138,3 +138,18 @@ def explain(work_dir, names, state_dir=None, cid=None):
         h = hint(line, lines if status != "finished" else ())
         return "criu: %s%s (log: %s)" % (text, "; hint: " + h if h else "", where)
     return None
+
+
+def run_failure(log_path, work_dir, rc, state_dir=None, cid=None):
+    """Why a runtime run that ran CRIU failed: the runtime's last --log error
+    (oci.runclog.failure_reason) and CRIU's cause line, hint and log (explain; the log kept
+    under state_dir when the container goes)."""
+    from runc_grit.oci.runclog import last_error
+    parts = []
+    msg = last_error(log_path) if log_path else None
+    if msg:
+        parts.append(msg)
+    criu_err = explain(work_dir, ("restore.log", "dump.log"), state_dir, cid)
+    if criu_err:
+        parts.append(criu_err)
+    return "; ".join(parts) or "runtime exited with status %d" % rc

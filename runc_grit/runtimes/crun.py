@@ -18,7 +18,7 @@ words differ, so the CRI task never finished exiting.
 import os
 import re
 
-from runc_grit.errors import GritError
+from runc_grit.errors import UsageError
 from runc_grit.node import procs
 from runc_grit.runtimes.runc import Runc
 
@@ -70,7 +70,7 @@ def crun_argv(inv, args):
         return list(args)
     for name in CRUN_REFUSES[inv.command]:
         if any(n == name for n, _ in inv.flags):
-            raise GritError("crun %s has no --%s" % (inv.command, name), kind="usage")
+            raise UsageError("crun %s has no --%s" % (inv.command, name))
     flags = [(n, v) for n, v in inv.flags if n not in lacks]
     if len(flags) == len(inv.flags):
         return list(args)
@@ -90,12 +90,12 @@ class Crun(Runc):
 
     def checkpoint_problem(self):
         try:
-            out = procs.run([self.rt.path, "--version"], capture=True, timeout=20)[1] or b""
+            out = procs.run([self.delegate.path, "--version"], capture=True, timeout=20)[1] or b""
         except OSError:
             out = b""
         if b"+CRIU" not in out:
             return ("%s was built without CRIU (its --version lists no +CRIU), so it cannot "
-                    "checkpoint or restore; use runc, or a crun built with CRIU" % self.rt.path)
+                    "checkpoint or restore; use runc, or a crun built with CRIU" % self.delegate.path)
         return None
 
     def restore_criu_options(self, req, image_dir):
@@ -104,7 +104,7 @@ class Crun(Runc):
             return []  # no mount namespace in the images, no external mounts
         keys = criuimages.read(image_dir, req.conf, where="restore of %s" % req.cid).get(
             "external_mounts") or []
-        here = os.path.join(run_dir(self.rt.globals), EMPTY_DIR)
+        here = os.path.join(run_dir(self.delegate.globals), EMPTY_DIR)
         lines = empty_dir_mappings(keys, here)
         for ln in lines:
             req.log.debug("crun: %s (containers/crun#2239)" % ln)

@@ -7,7 +7,7 @@ import os
 import sys
 
 from runc_grit import fastconf
-from runc_grit.errors import GritError
+from runc_grit.errors import NotFoundError
 from runc_grit.node import procs
 
 
@@ -17,7 +17,7 @@ class Delegate:
         me = sys.argv[0] if sys.argv and sys.argv[0] else None
         self.path = fastconf.which(os.environ.get("RUNC_GRIT_RUNTIME") or name, skip=me)
         if self.path is None:
-            raise GritError("runtime %r not found on PATH" % name, kind="not-found")
+            raise NotFoundError("runtime %r not found on PATH" % name)
         self.globals = list(globals_)  # rendered global flags, passed on every call
         self.flags = []  # the config's runtime_flags, in front of every command
 

@@ -1,278 +1,260 @@
 """runc (and every runc-compatible runtime): checkpoints are CRIU's, and the GPU steps run in
 CRIU's action script (runtimes.actionscript), named by the CRIU config every container's
-config.json points at (runtimes.criuconf).
+config.json points at (runtimes.criuenv, criuconf).
+
+The flows are the pipelines' (runtimes.restoring, runtimes.checkpointing); this class gives
+their runc-specific steps:
 
   create             config.json -> the shared CRIU config; the runtime's own create
-  restore-on-create  the source checked (roots, manifest, signature, compatibility, GPUs),
-                     the rootfs diff applied, then `runc restore --detach` with the create's
-                     bundle, pid file, console socket and stdio; post-resume's CUDA result
-                     checked (CRIU ignores a failing post-resume script)
+  restore            the source checked (roots, manifest, signature, privileges,
+                     compatibility, GPUs), the rootfs diff applied (on create), then
+                     `runc restore` with the action script's environment; the restored
+                     container checked (runtimes.restorecheck)
   checkpoint         `runc checkpoint`, guarded; on failure or --leave-running the CUDA
                      rollback; on success spec.dump, the rootfs diff and the manifest (last)
-  restore            `runc restore` as called, with the action script's environment
 """
-import hashlib
 import json
 import os
-import sys
 import time
 
 from runc_grit import argv as _argv
-from runc_grit import fastconf
-from runc_grit.checkpoint import compat, manifest, privileges, source
-from runc_grit.errors import GritError
+from runc_grit.checkpoint import compat, privileges, source
+from runc_grit.errors import CheckpointError, RuntimeFailure, UsageError
 from runc_grit.gpu import destination, postresume, predump, records, rollback
-from runc_grit.node import config as _config
 from runc_grit.node import procs, rootmount
 from runc_grit.oci import spec as _spec
-from runc_grit.oci.runclog import last_error
-from runc_grit.runtimes import criuconf
+from runc_grit.runtimes import criuconf, criuenv, criulog, restorecheck
 from runc_grit.runtimes.base import Runtime
 
 
 class Runc(Runtime):
     name = "runc"
+    captures_rootfs_diff = True  # CRIU's images hold no files of the rootfs
 
-    # -- create ----------------------------------------------------------------------------
     def create(self, req):
-        prepare_spec(req)
+        criuenv.point_spec(req)
         return super().create(req)
 
-    def restore_on_create(self, req):
-        prepare_spec(req)
-        conf, where = req.conf, "restore source %s" % req.restore.path
-        t0 = time.monotonic()
-        try:
-            self.require_checkpoint("restore of %s" % req.cid)
-            image_dir, m, real = source.validate(req.restore.path, conf, spec=req.spec)
-        except GritError as e:
-            return req.give_up(e, "restore from %s refused: %s" % (req.restore.path, e.message))
-        req.timings = {"verify_s": time.monotonic() - t0}
-        try:  # image_dir: a verified copy (staging: copy), released whatever happens
-            try:
-                t1 = time.monotonic()
-                privileges.check(image_dir, req.spec, conf, req.log, where, req.bundle)
-                compat.check(m, where, os.path.basename(self.rt.path), criu_version(conf),
-                             _spec.annotations(req.spec))
-                compat.check_device_env(image_dir, req.spec, conf, req.log, where)
-                pairs = destination.check_destination(m, conf, req.bundle, req.spec,
-                                                       self.nvidia_runtime)
-                req.gpu_nodes = postresume.wants_gpu_nodes(m, req.spec, image_dir)
-                _apply_rootfs_diff(image_dir, req)
-                lines = self.restore_criu_options(req, image_dir)
-                if lines:
-                    prepare_spec(req, extra=lines)
-                req.timings["checks_s"] = time.monotonic() - t1
-            except GritError as e:
-                return req.give_up(e, "restore from %s refused: %s"
-                                   % (req.restore.path, e.message))
-            return self._restore(req, image_dir, real, pairs)
-        finally:
-            source.release(image_dir, conf)
+    # -- the restore pipeline's steps (runtimes.restoring) ---------------------------------
+    def restore_begins(self, job):
+        """Point the bundle at the CRIU config. A direct restore whose caller chose a cgroup
+        mode: the CRIU config (which would win) names none."""
+        if not job.on_create and job.req.inv.value("manage-cgroups-mode"):
+            job.cgroups_mode = "runtime"
+        criuenv.point_spec(job.req, job.cgroups_mode)
 
-    def _restore(self, req, image_dir, real, pairs):
-        """`runc restore` of the verified image_dir (from source real) as the created container."""
-        conf, st, cid = req.conf, req.st, req.cid
-        work = st.path("criu-work")
-        os.makedirs(work, exist_ok=True)
-        inv = req.inv
-        detach = inv.command == "create" or inv.has("detach")
+    def stage_given(self, job):
+        """A direct restore's image dir: its manifest (if any) authenticated and verified in
+        place (checkpoint.source.verify_given)."""
+        req = job.req
+        job.manifest = source.verify_given(job.image_dir, req.conf,
+                                           source.is_kubernetes(req.spec), req.spec)
+
+    def check_restore(self, job):
+        """Privileges, compatibility, device env and GPU destination (a direct restore: only
+        for a manifest or a Kubernetes container's image), the rootfs diff (on create), and
+        the CRIU config lines these images need."""
+        req = job.req
+        if job.on_create or job.manifest is not None or source.is_kubernetes(req.spec):
+            self._check_destination(job)
+        if rootmount.wanted(req.spec):
+            job.env["RUNC_GRIT_READONLY_ROOT"] = "1"
+        if self.nvidia_runtime and (job.on_create or rootmount.wanted(req.spec)):
+            job.env["RUNC_GRIT_NVIDIA_RUNTIME"] = "1"
+        if job.on_create:
+            _apply_rootfs_diff(job.image_dir, req)
+        lines = self.restore_criu_options(req, job.image_dir)
+        if lines:
+            criuenv.point_spec(req, job.cgroups_mode, lines)
+
+    def _check_destination(self, job):
+        """What this node and the new spec must have for the images (raises SourceError,
+        GpuError, ...)."""
+        req, m, where = job.req, job.manifest, job.where
+        privileges.check(job.image_dir, req.spec, req.conf, req.log, where, req.bundle)
+        compat.check(m, where, os.path.basename(self.delegate.path),
+                     criuenv.criu_version(req.conf), _spec.annotations(req.spec))
+        compat.check_device_env(job.image_dir, req.spec, req.conf, req.log, where)
+        job.pairs = destination.check_destination(m, req.conf, req.bundle, req.spec,
+                                                  self.nvidia_runtime)
+        req.gpu_nodes = postresume.wants_gpu_nodes(m, req.spec, job.image_dir)
+        if req.gpu_nodes:
+            job.env["RUNC_GRIT_GPU_NODES"] = "1"
+
+    def restore_argv(self, job):
+        """`runc restore` argv: a create rewritten (argv.create_to_restore), or the direct
+        call's with the spec's LSM label; both as this runtime takes them."""
+        req = job.req
+        job.record["root"] = self.delegate.root()
+        if not job.on_create:
+            return self._direct_argv(job)
+        job.record["annotation"] = req.restore.annotation
+        job.work_dir = req.state.path("criu-work")
+        os.makedirs(job.work_dir, exist_ok=True)
         try:
-            rargs, dropped = _argv.create_to_restore(inv, image_dir, work, detach=detach)
+            rargs, dropped = _argv.create_to_restore(req.inv, job.image_dir, job.work_dir,
+                                                     detach=job.detach)
         except _argv.ArgvError as e:
-            st.remove()
-            raise GritError("restore of %s from %s refused: %s" % (cid, req.restore.path, e),
-                            kind="usage")
+            req.state.remove()
+            raise UsageError("restore of %s from %s refused: %s"
+                             % (req.cid, req.restore.path, e)) from None
         for flag in dropped:
             req.log.debug("restore has no --%s; dropped" % flag)
         rargs[-1:-1] = privileges.restore_flags(req.spec, self.name)  # the spec's LSM label
-        rargs = self.translate(_argv.parse(rargs), rargs)
-        st.write({"id": cid, "bundle": req.bundle, "created": time.time(),
-                  "restored_from": real, "annotation": req.restore.annotation,
-                  "phase": "restoring", "root": self.rt.root()})
-        req.log.debug("restoring %s from %s (as %s)" % (cid, real, image_dir))
-        t0 = time.monotonic()
-        extra = {"RUNC_GRIT_IMAGE_DIR": image_dir}
-        if pairs is not None:
-            extra["RUNC_GRIT_DEVICE_PAIRS"] = json.dumps(pairs)
-        if req.gpu_nodes:
-            extra["RUNC_GRIT_GPU_NODES"] = "1"
-        if rootmount.wanted(req.spec):
-            extra["RUNC_GRIT_READONLY_ROOT"] = "1"
-        if self.nvidia_runtime:
-            extra["RUNC_GRIT_NVIDIA_RUNTIME"] = "1"
-        if detach:
-            procs.become_subreaper()
-        rc, _ = procs.run(self.rt.command(rargs), env=hook_env(conf, st, extra),
-                          guard=self.rt.guard_job("restore", st) if detach else None)
-        elapsed = time.monotonic() - t0
-        info = self.rt.state(cid) if rc == 0 and detach else None
-        ok = rc == 0 and (not detach or info is not None)
-        reason = None
-        if ok and detach:
-            why = restored_problem(st, pairs, info, req.spec)
-            if why:  # the tasks run, but not as a restore of this container may run
-                ok, reason = False, why
-        if ok:
-            st.update(phase="restored", restore_seconds=elapsed,
-                      timings={k: round(v, 3) for k, v in req.timings.items()},
-                      staged=image_dir != real)
-            if inv.command == "create":
-                st.mark_restored()
-            req.log.debug("restored %s in %.3fs" % (cid, elapsed))
-            return 0 if detach else rc
-        reason = reason or failure_reason(inv, work, rc, conf.state_dir, cid)
-        self.rt.force_delete(cid)
-        self.rt.release_restore_mounts(cid)
-        if detach:
-            procs.kill_adopted()  # tasks a killed or failed CRIU left behind
-        msg = "restore from %s failed: %s" % (real, reason)
-        return req.give_up(GritError(msg, kind="restore"))
+        return self.translate(_argv.parse(rargs), rargs)
 
-    # -- restore (called directly, e.g. by containerd's own restore) -----------------------
-    def restore(self, req):
-        conf, st, cid, inv = req.conf, req.st, req.cid, req.inv
-        # the caller chose a cgroup mode: the CRIU config (which would win) names none
-        prepare_spec(req, "runtime" if inv.value("manage-cgroups-mode") else None)
-        image_dir = os.path.abspath(inv.value("image-path")
-                                    or os.path.join(os.getcwd(), "checkpoint"))
-        extra = {"RUNC_GRIT_IMAGE_DIR": image_dir}
-        pairs = None
-        try:
-            m = source.verify_given(image_dir, conf, source.is_kubernetes(req.spec), req.spec)
-            if m is not None or source.is_kubernetes(req.spec):
-                # a Kubernetes container's image came from its pod spec (containerd's
-                # checkpoint restore): checked like a restore-on-create
-                where = "restore of %s from %s" % (cid, image_dir)
-                privileges.check(image_dir, req.spec, conf, req.log, where, req.bundle)
-                compat.check(m, where, os.path.basename(self.rt.path), criu_version(conf),
-                             _spec.annotations(req.spec))
-                compat.check_device_env(image_dir, req.spec, conf, req.log, where)
-                pairs = destination.check_destination(m, conf, req.bundle, req.spec,
-                                                       self.nvidia_runtime)
-                if postresume.wants_gpu_nodes(m, req.spec, image_dir):
-                    extra["RUNC_GRIT_GPU_NODES"] = "1"
-            if rootmount.wanted(req.spec):
-                extra["RUNC_GRIT_READONLY_ROOT"] = "1"
-                if self.nvidia_runtime:
-                    extra["RUNC_GRIT_NVIDIA_RUNTIME"] = "1"
-            lines = self.restore_criu_options(req, image_dir)
-            if lines:
-                prepare_spec(req, "runtime" if inv.value("manage-cgroups-mode") else None, lines)
-        except GritError:
-            st.remove()
-            raise
-        if pairs is not None:
-            extra["RUNC_GRIT_DEVICE_PAIRS"] = json.dumps(pairs)
+    def _direct_argv(self, job):
+        req, inv = job.req, job.req.inv
         lsm = privileges.restore_flags(req.spec, self.name)  # the spec's LSM label, for CRIU
         if lsm and inv.value("lsm-profile") is None:  # a caller's own choice stands
             inv = _argv.Invocation(inv.globals, inv.command,
                                    inv.flags + [("lsm-profile", lsm[1])], inv.args)
             req.args = inv.render()
-        st.write({"id": cid, "bundle": req.bundle, "created": time.time(),
-                  "restored_from": image_dir, "phase": "restoring", "root": self.rt.root()})
-        rc, _ = procs.run(self.rt.command(self.translate(inv, req.args)),
-                          env=hook_env(conf, st, extra))
-        why = restored_problem(st, pairs, self.rt.state(cid), req.spec) if rc == 0 else None
-        if why:
-            self.rt.force_delete(cid)
-            st.remove()
-            raise GritError("restore of %s: %s" % (cid, why), kind="restore")
-        if rc == 0:
-            st.update(phase="restored")
-        elif self.rt.state(cid) is None:
-            st.remove()
-        return rc
+        return self.translate(inv, req.args)
 
-    # -- checkpoint ------------------------------------------------------------------------
-    def checkpoint(self, req):
-        conf, inv, cid, info, log, rt = req.conf, req.inv, req.cid, req.info, req.log, self.rt
-        self.require_checkpoint("checkpoint of %s" % cid)
-        ann = info.get("annotations") or {}
+    def run_restore(self, job, argv):
+        """The runtime's restore with the action script's environment; a detached one as a
+        guarded child whose orphans runc-grit adopts."""
+        req = job.req
+        env = {"RUNC_GRIT_IMAGE_DIR": job.image_dir}
+        env.update(job.env)
+        if job.pairs is not None:
+            env["RUNC_GRIT_DEVICE_PAIRS"] = json.dumps(job.pairs)
+        guard = None
+        if job.on_create:
+            req.log.debug("restoring %s from %s (as %s)" % (req.cid, job.real, job.image_dir))
+            if job.detach:
+                procs.become_subreaper()
+                guard = self.delegate.guard_job("restore", req.state)
+        return procs.run(self.delegate.command(argv),
+                         env=criuenv.hook_env(req.conf, req.state, env), guard=guard)[0]
+
+    def restored_problem(self, job, info):
+        return restorecheck.restored_problem(job.req.state, job.pairs, info, job.req.spec)
+
+    def restored_fields(self, job):
+        return {"timings": {k: round(v, 3) for k, v in job.req.timings.items()},
+                "staged": job.image_dir != job.real}
+
+    def restore_failure(self, job, rc):
+        req = job.req
+        return criulog.run_failure(req.inv.global_value("log"), job.work_dir, rc,
+                                   req.conf.state_dir, req.cid)
+
+    def clean_failed_restore(self, job):
+        """The failed container deleted, runc's CRIU mount released, orphans killed."""
+        self.delegate.force_delete(job.req.cid)
+        self.delegate.release_restore_mounts(job.req.cid)
+        if job.detach:
+            procs.kill_adopted()  # tasks a killed or failed CRIU left behind
+
+    # -- the checkpoint pipeline's steps (runtimes.checkpointing) --------------------------
+    def checkpoint_begins(self, job):
+        """Refused when the runtime cannot checkpoint; the CRIU config the container names
+        made again (the state dir may be new since its create). containerd (CRI
+        CheckpointContainer) pauses a container before it checkpoints it, but CUDA's steps
+        need its tasks running: they run thawed, around the dump (thaw_for_cuda)."""
+        req, conf = job.req, job.req.conf
+        self.require_checkpoint("checkpoint of %s" % req.cid)
+        ann = job.annotations
         criuconf.recreate(ann.get(criuconf.ANNOTATION), conf.state_dir,
-                          criu_config(conf, criuconf.user_config(ann, conf.state_dir)))
-        image_dir = os.path.abspath(inv.value("image-path")
-                                    or os.path.join(os.getcwd(), "checkpoint"))
-        leave_running = inv.has("leave-running")
-        pre_dump = inv.has("pre-dump")
-        was_paused = info.get("status") == "paused"
-        # containerd (CRI CheckpointContainer) pauses a container before it checkpoints it,
-        # but CUDA's lock, checkpoint, restore and unlock need its tasks running (on frozen
-        # ones they hang until their timeout): the GPU steps run thawed, around the dump. A
-        # container without an NVIDIA device open stays frozen where its caller paused it.
-        thaw_for_cuda = (was_paused and predump.wanted(conf)
-                         and predump.may_have_cuda(info["pid"], conf))
-        st = req.st
-        had_state = st.exists()
-        made = not os.path.lexists(image_dir)  # by runc-grit: may be read in place later
-        with st:
-            manifest.prepare_dir(image_dir, "checkpoint of %s" % cid)
-            records.reset_records(st)
-            t0 = time.monotonic()
-            job = rt.guard_job("checkpoint", st, was_paused=was_paused)
-            env = hook_env(conf, st, {"RUNC_GRIT_IMAGE_DIR": image_dir})
-            if thaw_for_cuda:  # the action script's pre-dump then finds it done
-                with procs.guarded(job, env):
-                    with _thawed(rt, cid):
-                        predump.pre_dump(int(info["pid"]), st, conf, log)
-            rc, _ = procs.run(rt.command(self.translate(inv, req.args)), env=env, guard=job,
-                              pass_fds=_fds(inv, "status-fd"))
-            dump_s = time.monotonic() - t0
-            resumed = []
-            if rc != 0 and not was_paused:
-                after = rt.state(cid)
-                if after is not None and after.get("status") == "paused":
-                    # CRIU died between freezing the cgroup and thawing it
-                    rt.resume(cid)
-                    log.warning("checkpoint of %s failed with the container frozen; resumed it"
-                                % cid)
-            if rc != 0 or leave_running:
-                # The source keeps computing: undo the CUDA checkpoint of every process the
-                # action script locked or checkpointed (thawed, if its caller had paused it).
-                if thaw_for_cuda and records.read_record(st).get("processes"):
-                    with _thawed(rt, cid):
-                        resumed = rollback.epilogue(st, conf, log)
-                else:
-                    resumed = rollback.epilogue(st, conf, log)
-            if rc != 0:
-                reason = failure_reason(inv, inv.value("work-path") or image_dir, rc)
-                if not had_state and rt.state(cid) is None:
-                    st.remove()
-                raise GritError("checkpoint of %s failed; the container was not checkpointed "
-                                "and keeps running: %s" % (cid, reason), kind="checkpoint",
-                                exit_code=rc)
-            if pre_dump:
-                return 0
-            t1 = time.monotonic()
-            diff = None
-            manifest.save_spec(info.get("bundle"), image_dir)
-            if info.get("rootfs"):
-                from runc_grit.checkpoint import rootfsdiff
-                diff = rootfsdiff.capture(info["rootfs"], image_dir)
-            images = manifest.list_images(image_dir, digest=manifest.digests_wanted(conf))
-            timings = {"checkpoint_s": dump_s}
-            timings.update(records.hook_timings(st))
-            timings["manifest_s"] = time.monotonic() - t1
-            m = manifest.build(
-                cid, ann, info.get("bundle"), self.describe(conf.state_dir),
-                {"path": conf.criu, "version": criu_version(conf)},
-                images, timings, leave_running=leave_running, gpu=records.manifest_section(st),
-            )
-            if diff is not None:
-                m["rootfs_diff"] = {"entries": diff[0], "deleted": diff[1]}
-            manifest.commit(image_dir, m, conf)
-            _remember_made(image_dir, made, conf, log)
-            log.debug("checkpoint of %s committed to %s (%d files, %.3fs)"
-                      % (cid, image_dir, len(images), dump_s))
-            if resumed:
-                log.debug("CUDA resumed in %s" % ",".join(str(p) for p in resumed))
-            if not leave_running and rt.state(cid) is None:
-                _keep_journal(st, inv.value("work-path"), image_dir)
-                if self.deletes_checkpointed:
-                    _remember_removed(st, info)
-                elif not had_state:
-                    st.remove()
-            return 0
+                          criuenv.criu_config(conf, criuconf.user_config(ann, conf.state_dir)))
+        pid = req.runtime_state.get("pid")
+        job.thaw_for_cuda = (job.was_paused and predump.wanted(conf)
+                             and predump.may_have_cuda(pid, conf))
+
+    def checkpoint_guard(self, job):
+        """runc's checkpoint is guarded by its run (procs.run's guard); nothing around it."""
+        return _nothing()
+
+    def dump(self, job):
+        """`runc checkpoint` under the guard (CUDA pre-dump first, thawed, for a paused
+        container); then the rollback a failure or --leave-running needs; a failure raised."""
+        req, d, cid = job.req, self.delegate, job.req.cid
+        records.reset_records(req.state)
+        t0 = time.monotonic()
+        guard = d.guard_job("checkpoint", req.state, was_paused=job.was_paused)
+        env = criuenv.hook_env(req.conf, req.state, {"RUNC_GRIT_IMAGE_DIR": job.image_dir})
+        if job.thaw_for_cuda:  # the action script's pre-dump then finds it done
+            with procs.guarded(guard, env):
+                with _thawed(d, cid):
+                    predump.pre_dump(int(req.runtime_state["pid"]), req.state, req.conf,
+                                     req.log)
+        rc, _ = procs.run(d.command(self.translate(req.inv, req.args)), env=env, guard=guard,
+                          pass_fds=_fds(req.inv, "status-fd"))
+        job.timings = {"checkpoint_s": time.monotonic() - t0}
+        job.timings.update(records.hook_timings(req.state))
+        if rc != 0:
+            _thaw_if_left_frozen(job)
+        if rc != 0 or job.leave_running:
+            _roll_back_cuda(job)
+        if rc != 0:
+            self._dump_failed(job, rc)
+
+    def _dump_failed(self, job, rc):
+        req = job.req
+        reason = criulog.run_failure(req.inv.global_value("log"),
+                                     req.inv.value("work-path") or job.image_dir, rc)
+        if not job.had_state and self.delegate.state(req.cid) is None:
+            req.state.remove()
+        raise RuntimeFailure("checkpoint of %s failed; the container was not checkpointed "
+                             "and keeps running: %s" % (req.cid, reason), exit_code=rc)
+
+    def checkpoint_failed(self, job, error):
+        """runc's dump rolled back itself; nothing more."""
+
+    def manifest_sections(self, job):
+        conf = job.req.conf
+        return ({"path": conf.criu, "version": criuenv.criu_version(conf)},
+                records.manifest_section(job.req.state))
+
+    def checkpoint_ends(self, job):
+        """A dir made here recorded; the journal kept and the state's fate decided when the
+        container is gone (runc's dump ends it)."""
+        req = job.req
+        _remember_made(job.image_dir, job.made, req.conf, req.log)
+        req.log.debug("checkpoint of %s committed to %s (%d files, %.3fs)"
+                      % (req.cid, job.image_dir, len(job.manifest["images"]),
+                         job.timings["checkpoint_s"]))
+        if job.resumed:
+            req.log.debug("CUDA resumed in %s" % ",".join(str(p) for p in job.resumed))
+        if not job.leave_running and self.delegate.state(req.cid) is None:
+            _keep_journal(req.state, req.inv.value("work-path"), job.image_dir)
+            if self.deletes_checkpointed:
+                _remember_removed(req, job.bundle)
+            elif not job.had_state:
+                req.state.remove()
+
+
+def _thaw_if_left_frozen(job):
+    """CRIU died between freezing the cgroup and thawing it: the container resumed."""
+    req, d = job.req, job.req.delegate
+    if job.was_paused:
+        return
+    after = d.state(req.cid)
+    if after is not None and after.get("status") == "paused":
+        d.resume(req.cid)
+        req.log.warning("checkpoint of %s failed with the container frozen; resumed it"
+                        % req.cid)
+
+
+def _roll_back_cuda(job):
+    """The source keeps computing: undo the CUDA checkpoint of every process the action
+    script locked or checkpointed (thawed, if its caller had paused it)."""
+    req = job.req
+    if job.thaw_for_cuda and records.read_record(req.state).get("processes"):
+        with _thawed(req.delegate, req.cid):
+            job.resumed = rollback.epilogue(req.state, req.conf, req.log)
+    else:
+        job.resumed = rollback.epilogue(req.state, req.conf, req.log)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def _remember_made(image_dir, made, conf, log):
@@ -288,17 +270,19 @@ def _remember_made(image_dir, made, conf, log):
                     % (image_dir, e.strerror))
 
 
-def _remember_removed(st, info):
+def _remember_removed(req, bundle):
     """The runtime removed the container it checkpointed, as runc does, but its `delete`
     then fails in words containerd's shim does not take for "already gone" (crun: "error
     opening file .../status"; runc: "container does not exist"), so the task never
     finishes exiting. runc-grit remembers the checkpoint, and its `delete` succeeds
     (runc_grit.lifecycle)."""
+    st = req.state
     if st.exists():
         st.update(removed_by_checkpoint=True)
     else:
-        st.write({"id": st.id, "bundle": info.get("bundle"), "created": time.time(),
-                  "restored_from": None, "removed_by_checkpoint": True})
+        rec = req.record(None, removed_by_checkpoint=True)
+        rec["bundle"] = bundle
+        st.write(rec)
 
 
 def _keep_journal(st, work_dir, image_dir):
@@ -324,151 +308,18 @@ def _fds(inv, flag):
 class _thawed:
     """A paused container, running inside the block, paused again after it."""
 
-    def __init__(self, rt, cid):
-        self.rt, self.cid = rt, cid
+    def __init__(self, delegate, cid):
+        self.delegate, self.cid = delegate, cid
 
     def __enter__(self):
-        if self.rt.resume(self.cid) != 0:
-            raise GritError("cannot resume %s for its CUDA steps; the container was not "
-                            "checkpointed" % self.cid, kind="checkpoint")
+        if self.delegate.resume(self.cid) != 0:
+            raise CheckpointError("cannot resume %s for its CUDA steps; the container was not "
+                                  "checkpointed" % self.cid)
         return self
 
     def __exit__(self, *exc):
-        self.rt.pause(self.cid)
+        self.delegate.pause(self.cid)
         return False
-
-
-# --- the CRIU config, the action script's environment, CRIU itself -------------------------
-
-# OCI namespace type -> /proc/<pid>/ns name
-NS_FILES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt",
-            "user": "user", "cgroup": "cgroup", "time": "time"}
-
-
-def restored_problem(st, pairs, info, spec):
-    """Why a restore whose tasks run is not a restore of this container (or None): their CUDA
-    state still checkpointed (CRIU ignores a failing post-resume), or a namespace the spec
-    gives the container of its own shared with the node."""
-    why = postresume.resume_failure(st, pairs is not None)
-    if why:
-        return "CUDA state not resumed: %s" % why
-    pid = (info or {}).get("pid")
-    if pid and rootmount.wanted(spec) and not rootmount.is_readonly(pid):
-        return "the restored container's root is writable; its spec makes it read-only"
-    return shared_namespaces(pid, spec)
-
-
-def shared_namespaces(pid, spec):
-    """Why the restored init pid is not isolated as spec says (a namespace the spec gives the
-    container of its own that the init shares with runc-grit, i.e. the node), or None."""
-    if not pid:
-        return None
-    shared = []
-    for ns in sorted(criuconf.private_namespaces(spec)):
-        name = NS_FILES.get(ns)
-        try:
-            if name and os.readlink("/proc/%d/ns/%s" % (pid, name)) == \
-                    os.readlink("/proc/self/ns/%s" % name):
-                shared.append(ns)
-        except OSError:
-            continue
-    if shared:
-        return ("the restored process runs in the node's %s namespace%s, where its spec gives "
-                "it its own" % ("/".join(shared), "s" if len(shared) > 1 else ""))
-    return None
-
-
-def criu_config(conf, user, cgroups_mode=None, extra=()):
-    return criuconf.content(_config.hook_script(conf), list(conf.criu_options) + list(extra),
-                            user, conf.restore_cgroups if cgroups_mode is None else cgroups_mode)
-
-
-def prepare_spec(req, cgroups_mode=None, extra=()):
-    """Point the bundle's config.json at the shared CRIU config (criuconf). The change is
-    the same for every container of the bundle, so config.json is written at most once, and
-    never when it already names that config. A bundle runc-grit cannot write keeps working
-    as with runc, without the action script (logged). extra: lines a restore from one
-    particular image needs (Runtime.restore_criu_options)."""
-    conf, spec = req.conf, req.spec
-    ann = _spec.annotations(spec)
-    user = criuconf.user_config(ann, conf.state_dir)
-    if cgroups_mode is None:
-        cgroups_mode = criuconf.cgroups_mode_for(conf.restore_cgroups, spec)
-    path = criuconf.ensure(conf.state_dir, criu_config(conf, user, cgroups_mode, extra))
-    changes = []
-    if ann.get(criuconf.ANNOTATION) != path:
-        changes.append(_spec.set_criu_config(path))
-    if user is not None and ann.get(criuconf.USER_ANNOTATION) != user:
-        changes.append(_spec.set_annotation(criuconf.USER_ANNOTATION, user))
-    if not changes:
-        return
-    _spec.apply(spec, changes)
-    try:
-        _spec.save(req.bundle, spec, req.spec_name)
-    except OSError as e:
-        req.log.warning("bundle %s: cannot write %s (%s); the container runs without "
-                        "runc-grit's CRIU action script" % (req.bundle, req.spec_name, e.strerror))
-
-
-def hook_env(conf, st, extra=None):
-    """Environment for the runtime, so CRIU's action script finds this container's state.
-
-    The hook's Python starts without site (-S) and gets this process's import path and its
-    already validated config as JSON: no YAML parser, no schema validation, no .pth scan in
-    the dump's critical path."""
-    env = dict(os.environ)
-    env["RUNC_GRIT_STATE"] = st.dir
-    if conf.path:
-        env["RUNC_GRIT_CONFIG"] = conf.path
-    env["RUNC_GRIT_PYTHON"] = sys.executable
-    env["RUNC_GRIT_PYTHONPATH"] = procs.import_path()
-    env["RUNC_GRIT_HOOK_CONF"] = json.dumps(conf.as_dict())
-    if conf.criu and conf.criu != "criu":
-        env["PATH"] = criu_dir(conf) + os.pathsep + env.get("PATH", DEFAULT_PATH)
-    if extra:
-        env.update(extra)
-    return env
-
-
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def criu_dir(conf):
-    """A dir holding only `criu`, the configured CRIU, to put first on the runtime's PATH.
-    runc >= 1.2 runs the criu it finds on PATH whatever --criu says (1.3 warns on stderr,
-    which on a restore-on-create is the container's; 1.4 refuses the flag), and runc 1.1 and
-    crun look there too when no --criu is given: so runc-grit never passes --criu."""
-    target = os.path.abspath(fastconf.which(conf.criu) or conf.criu)
-    d = os.path.join(conf.state_dir, "criu-bin",
-                     hashlib.sha256(target.encode()).hexdigest()[:16])
-    link = os.path.join(d, "criu")
-    if os.path.islink(link) and os.readlink(link) == target:
-        return d
-    os.makedirs(d, mode=0o755, exist_ok=True)
-    tmp = "%s.%d" % (link, os.getpid())
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
-    return d
-
-
-def criu_version(conf):
-    path = fastconf.which(conf.criu) or conf.criu
-    return procs.version_of(path, cache_dir=conf.state_dir)
-
-
-def failure_reason(inv, work_dir, rc, state_dir=None, cid=None):
-    """Why a runtime run failed: the runtime's last --log error and CRIU's cause line, hint
-    and log (runtimes.criulog; the log kept under state_dir when the container goes)."""
-    parts = []
-    log_path = inv.global_value("log")
-    msg = last_error(log_path) if log_path else None
-    if msg:
-        parts.append(msg)
-    from runc_grit.runtimes import criulog
-    criu_err = criulog.explain(work_dir, ("restore.log", "dump.log"), state_dir, cid)
-    if criu_err:
-        parts.append(criu_err)
-    return "; ".join(parts) or "runtime exited with status %d" % rc
 
 
 def _apply_rootfs_diff(image_dir, req):

@@ -15,7 +15,7 @@ import os
 import time
 
 from runc_grit import argv as _argv
-from runc_grit.errors import GritError
+from runc_grit.errors import CheckpointError, GpuError, GritError, UsageError
 from runc_grit.gpu import sandbox
 from runc_grit.oci.runclog import failure_reason
 from runc_grit.runtimes.base import Runtime
@@ -92,8 +92,7 @@ def _flags(pairs, table, where):
             continue
         to = table.get(name)
         if to is False:
-            raise GritError("%s: %s" % (where, REFUSED_WHY.get(name, "runsc has no --" + name)),
-                            kind="usage")
+            raise UsageError("%s: %s" % (where, REFUSED_WHY.get(name, "runsc has no --" + name)))
         if to is None:
             dropped.append(name)
             continue
@@ -145,24 +144,6 @@ def create_to_restore(inv, image_path, detach=True):
 
 # --- checkpoint helpers ------------------------------------------------------------------
 
-def _commit(req, spec, bundle, image_dir, leave_running, helper, frozen, timings):
-    """spec.dump and grit-manifest.json (last, atomically): the checkpoint is complete."""
-    from runc_grit.checkpoint import manifest
-    from runc_grit.oci import spec as _spec
-    conf = req.conf
-    t = time.monotonic()
-    manifest.save_spec(bundle, image_dir)
-    images = manifest.list_images(image_dir, digest=manifest.digests_wanted(conf))
-    timings["manifest_s"] = time.monotonic() - t
-    m = manifest.build(
-        req.cid, req.info.get("annotations") or _spec.annotations(spec), bundle,
-        req.runtime.describe(conf.state_dir), {"path": None, "version": None}, images, timings,
-        leave_running=leave_running,
-        gpu=sandbox.manifest_section(helper, frozen) if helper else None)
-    manifest.commit(image_dir, m, conf)
-    return m
-
-
 def _release(rt, cid, was_paused, helper, frozen, log):
     """The sandbox computes again: resumed (unless it was paused before), CUDA unfrozen.
     Returns its status."""
@@ -175,7 +156,7 @@ def _release(rt, cid, was_paused, helper, frozen, log):
     return info.get("status")
 
 
-def _stop_source(rt, st, info):
+def _stop_source(rt, req, info):
     """After a complete checkpoint without --leave-running: the source goes, as runc's dump
     ends it. Its sandbox process (the init pid containerd watches) is killed while still
     paused, so nothing runs past the checkpoint. runsc keeps calling the container "paused"
@@ -183,6 +164,7 @@ def _stop_source(rt, st, info):
     it "stopped" and deletes it with --force when the caller asks (runc_grit.lifecycle)."""
     import signal
     from runc_grit.node.state import STOPPED_MARK
+    st = req.state
     pid = (rt.state(st.id) or {}).get("pid") or info.get("pid")
     if not pid:
         return
@@ -194,8 +176,9 @@ def _stop_source(rt, st, info):
     except OSError:
         return
     if not st.exists():
-        st.write({"id": st.id, "bundle": info.get("bundle"), "created": time.time(),
-                  "restored_from": None})
+        rec = req.record(None)
+        rec["bundle"] = info.get("bundle")
+        st.write(rec)
     with open(st.path(STOPPED_MARK), "w"):
         pass
     from runc_grit.node.procs import alive
@@ -205,10 +188,12 @@ def _stop_source(rt, st, info):
 
 
 class Runsc(Runtime):
-    """gVisor: runsc's own images, the CUDA two-step inside the sandbox."""
+    """gVisor: runsc's own images, the CUDA two-step inside the sandbox. The flows are the
+    pipelines' (runtimes.restoring, runtimes.checkpointing); these are their runsc steps."""
 
     name = "runsc"
     image_format = "gVisor"
+    captures_rootfs_diff = False  # gVisor's image holds the sandbox's files
 
     def globals(self, pairs):
         return globals_for_runsc(pairs)[0]
@@ -219,173 +204,149 @@ class Runsc(Runtime):
         except GritError:  # a flag runsc lacks: runsc itself says so
             return list(args)
 
-    def checkpoint(self, req):
-        """`checkpoint` of a runsc container, with the CUDA two-step inside the sandbox.
+    # -- the restore pipeline's steps ------------------------------------------------------
+    def restore_begins(self, job):
+        """Nothing: runsc reads no CRIU config."""
 
-        A failed `runsc checkpoint` kills the sandbox (gVisor 20240729, ENOSPC for one), so
-        runc-grit never runs it on a live sandbox without --leave-running: it pauses the sandbox,
-        checkpoints it with --leave-running, writes the manifest, and only then stops the source
-        (without the caller's --leave-running: its sandbox killed, as runc's dump ends the tasks)
-        or resumes it. Any failure before that resumes the sandbox and unfreezes its CUDA processes,
-        and so does runc_grit.guard if runc-grit dies inside the sequence."""
+    def stage_given(self, job):
+        """A direct restore's image dir, used as given: the CUDA processes its manifest (if
+        any) names, to thaw afterwards."""
         from runc_grit.checkpoint import manifest
-        from runc_grit.node import procs
-        from runc_grit.oci import spec as _spec
-        inv, conf, log, rt, info, cid = req.inv, req.conf, req.log, req.rt, req.info, req.cid
-        image_dir = os.path.abspath(inv.value("image-path") or os.path.join(os.getcwd(), "checkpoint"))
-        leave_running = inv.has("leave-running")
-        flags = [(n, v) for n, v in inv.flags if n not in ("image-path", "leave-running")]
-        flags += [("leave-running", None), ("image-path", image_dir)]
-        # refuses pre-dump & co. before anything happens
-        rargs, dropped = to_runsc(_argv.Invocation(inv.globals, inv.command, flags, inv.args))
-        for flag in dropped:
-            log.debug("runsc checkpoint has no --%s; dropped" % flag)
-        st = req.st
-        bundle = info.get("bundle")
-        was_paused = info.get("status") == "paused"
         try:
-            spec = _spec.load(bundle) if bundle else {}
+            job.cuda_pids = sandbox.pids_in(manifest.load(job.image_dir))
         except GritError:
-            spec = {}
-        with st:
-            manifest.prepare_dir(image_dir, "checkpoint of %s" % cid)
-            t0 = time.monotonic()
-            frozen, helper = [], None
-            if sandbox.wanted(conf, spec, rt.globals):
-                if was_paused:
-                    raise GritError("checkpoint of %s: the container is paused; resume it first (its "
-                                    "CUDA processes must be frozen inside the running sandbox)" % cid,
-                                    kind="checkpoint")
-                helper = sandbox.SandboxHelper(rt, cid, conf.cuda.get("sandbox_helper"))
-            # from here on, if runc-grit dies, the guard undoes what was done (it finds the frozen
-            # CUDA processes itself, so the freeze is covered too)
-            job = rt.guard_job("runsc-checkpoint", st, was_paused=was_paused,
-                               sandbox_helper=helper.path if helper else None, image_dir=image_dir)
-            with procs.guarded(job):
-                if helper:
-                    frozen = sandbox.freeze(helper, conf, log)
-                t1 = time.monotonic()
-                try:
-                    if not was_paused and rt.pause(cid) != 0:
-                        raise GritError("runsc pause %s failed" % cid, kind="checkpoint")
-                    rc, _ = procs.run(rt.command(rargs))
-                    dump_s = time.monotonic() - t1
-                    if rc != 0:
-                        raise GritError(failure_reason(inv.global_value("log"), rc, "runsc"),
-                                        kind="checkpoint", exit_code=rc)
-                    m = _commit(req, spec, bundle, image_dir, leave_running, helper, frozen,
-                                {"checkpoint_s": dump_s, "cuda_freeze_s": t1 - t0})
-                except (GritError, OSError) as e:
-                    manifest.remove(image_dir)
-                    state = _release(rt, cid, was_paused, helper, frozen, log)
-                    what = getattr(e, "message", None) or str(e)
-                    raise GritError("checkpoint of %s failed; the container was not checkpointed %s: "
-                                    "%s" % (cid, "and keeps running" if state == "running" else
-                                            "(it is %s now)" % (state or "gone"), what),
-                                    kind="checkpoint",
-                                    exit_code=getattr(e, "exit_code", None)) from None
-                if leave_running:
-                    _release(rt, cid, was_paused, helper, frozen, log)
-                else:
-                    _stop_source(rt, st, info)
-            log.debug("runsc checkpoint of %s committed to %s (%d files, %.3fs, %d CUDA processes)"
-                      % (cid, image_dir, len(m["images"]), dump_s, len(frozen)))
-            return 0
+            job.cuda_pids = []
 
-    def restore_on_create(self, req):
-        """create -> `runsc restore --detach` from the request's images; then CUDA unfrozen in
-        the sandbox."""
-        from runc_grit.checkpoint import compat, source
-        conf, rt = req.conf, req.rt
-        bundle, spec, ask = req.bundle, req.spec, req.restore
+    def check_restore(self, job):
+        """On create: compatibility, CUDA allowed here, GPU destination. (No privilege check:
+        gVisor's image holds the sandbox's guest state; the sandbox's privileges on the host
+        come from the new spec.)"""
+        if not job.on_create:
+            return
+        from runc_grit.checkpoint import compat
+        req, m = job.req, job.manifest
+        compat.check(m, job.where, os.path.basename(self.delegate.path), None,
+                     (req.spec.get("annotations") or {}))
+        job.cuda_pids = sandbox.pids_in(m)
+        if job.cuda_pids and req.conf.cuda.get("enabled") == "never":
+            raise GpuError("checkpoint holds CUDA state but cuda.enabled is 'never' here")
+        if (m or {}).get("gpu", {}).get("devices"):
+            from runc_grit.gpu import destination
+            destination.check_destination(m, req.conf, req.bundle, req.spec)
+
+    def restore_argv(self, job):
+        """`runsc restore` argv: a create rewritten (create_to_restore), or the direct call
+        translated (to_runsc)."""
+        req = job.req
+        job.record["runtime"] = "runsc"
+        if job.on_create:
+            job.record.update(annotation=req.restore.annotation, root=self.delegate.root())
+            rargs, dropped = create_to_restore(req.inv, job.image_dir, detach=job.detach)
+        else:
+            rargs, dropped = to_runsc(req.inv)
+        for flag in dropped:
+            req.log.debug("runsc restore has no --%s; dropped" % flag)
+        return rargs
+
+    def run_restore(self, job, argv):
+        from runc_grit.node import procs
+        return procs.run(self.delegate.command(argv))[0]
+
+    def restored_problem(self, job, info):
+        """The image's CUDA processes thawed inside the restored sandbox; why not, or None."""
+        if not job.cuda_pids or info is None:
+            return None
         try:
-            image_dir, m, real = source.validate(ask.path, conf, image_format="gVisor",
-                                                 spec=spec)
+            helper = sandbox.SandboxHelper(self.delegate, job.req.cid,
+                                           job.req.conf.cuda.get("sandbox_helper"))
+            sandbox.thaw_restored(helper, job.cuda_pids, job.req.log)
         except GritError as e:
-            return req.give_up(e, "restore from %s refused: %s" % (ask.path, e.message))
-        try:  # image_dir: a verified copy (staging: copy), released whatever happens
-            try:
-                # (no privilege check: gVisor's image holds the sandbox's guest state; the
-                # sandbox's privileges on the host come from the new spec)
-                compat.check(m, "restore source %s" % ask.path, os.path.basename(rt.path), None,
-                             (spec.get("annotations") or {}))
-                cuda_pids = sandbox.pids_in(m)
-                if cuda_pids and conf.cuda.get("enabled") == "never":
-                    raise GritError("checkpoint holds CUDA state but cuda.enabled is 'never' here",
-                                    kind="gpu")
-                if (m or {}).get("gpu", {}).get("devices"):
-                    from runc_grit.gpu import destination
-                    destination.check_destination(m, conf, bundle, spec)
-            except GritError as e:
-                return req.give_up(e, "restore from %s refused: %s" % (ask.path, e.message))
-            return self._restore(req, image_dir, real, cuda_pids)
-        finally:
-            source.release(image_dir, conf)
+            return "CUDA state not resumed: %s" % e.message
+        return None
 
-    def _restore(self, req, image_dir, real, cuda_pids):
-        """`runsc restore` of the verified image_dir (from source real) as the created
-        container; then its CUDA processes unfrozen inside the sandbox."""
-        from runc_grit.node import procs
-        inv, conf, log, rt, st, cid = req.inv, req.conf, req.log, req.rt, req.st, req.cid
-        detach = inv.command == "create" or inv.has("detach")
-        rargs, dropped = create_to_restore(inv, image_dir, detach=detach)
-        for flag in dropped:
-            log.debug("runsc restore has no --%s; dropped" % flag)
-        st.write({"id": cid, "bundle": req.bundle, "created": time.time(), "restored_from": real,
-                  "annotation": req.restore.annotation, "phase": "restoring", "runtime": "runsc",
-                  "root": rt.root()})
-        t0 = time.monotonic()
-        rc, _ = procs.run(rt.command(rargs))
-        elapsed = time.monotonic() - t0
-        ok = rc == 0 and (not detach or rt.state(cid) is not None)
-        reason = None
-        if ok and detach and cuda_pids:
-            try:
-                helper = sandbox.SandboxHelper(rt, cid, conf.cuda.get("sandbox_helper"))
-                sandbox.thaw_restored(helper, cuda_pids, log)
-            except GritError as e:
-                ok, reason = False, "CUDA state not resumed: %s" % e.message
-        if ok:
-            st.update(phase="restored", restore_seconds=elapsed, cuda_pids=cuda_pids)
-            if inv.command == "create":
-                st.mark_restored()
-            log.debug("restored %s with runsc in %.3fs" % (cid, elapsed))
-            return 0 if detach else rc
-        if reason is None:
-            reason = failure_reason(inv.global_value("log"), rc, "runsc")
-        rt.force_delete(cid)
-        return req.give_up(GritError("restore from %s failed: %s" % (real, reason),
-                                     kind="restore"))
+    def restored_fields(self, job):
+        return {"cuda_pids": job.cuda_pids}
 
-    def restore(self, req):
-        """`restore` called directly (e.g. by containerd): translated for runsc; the CUDA
-        processes the image's manifest names are unfrozen afterwards."""
-        from runc_grit.checkpoint import manifest
-        from runc_grit.node import procs
-        inv, conf, log, rt, st, cid, bundle = req.inv, req.conf, req.log, req.rt, req.st, req.cid, req.bundle
-        rargs, dropped = to_runsc(inv)
+    def restore_failure(self, job, rc):
+        return failure_reason(job.req.inv.global_value("log"), rc, "runsc")
+
+    def clean_failed_restore(self, job):
+        self.delegate.force_delete(job.req.cid)
+
+    # -- the checkpoint pipeline's steps ---------------------------------------------------
+    def checkpoint_begins(self, job):
+        """A failed `runsc checkpoint` kills the sandbox (gVisor 20240729, ENOSPC for one), so
+        runc-grit never runs it on a live sandbox without --leave-running: it pauses the
+        sandbox, checkpoints it with --leave-running, writes the manifest, and only then
+        stops the source or resumes it. Refuses pre-dump & co. here, before anything runs."""
+        from runc_grit.oci import spec as _spec
+        req, inv = job.req, job.req.inv
+        flags = [(n, v) for n, v in inv.flags if n not in ("image-path", "leave-running")]
+        flags += [("leave-running", None), ("image-path", job.image_dir)]
+        job.argv, dropped = to_runsc(_argv.Invocation(inv.globals, inv.command, flags, inv.args))
         for flag in dropped:
-            log.debug("runsc restore has no --%s; dropped" % flag)
-        image_dir = os.path.abspath(inv.value("image-path") or os.path.join(os.getcwd(), "checkpoint"))
+            req.log.debug("runsc checkpoint has no --%s; dropped" % flag)
         try:
-            cuda_pids = sandbox.pids_in(manifest.load(image_dir))
+            job.spec = _spec.load(job.bundle) if job.bundle else {}
         except GritError:
-            cuda_pids = []
-        st.write({"id": cid, "bundle": bundle, "created": time.time(), "restored_from": image_dir,
-                  "phase": "restoring", "runtime": "runsc"})
-        rc, _ = procs.run(rt.command(rargs))
-        if rc == 0 and cuda_pids and rt.state(cid) is not None:
-            try:
-                sandbox.thaw_restored(
-                    sandbox.SandboxHelper(rt, cid, conf.cuda.get("sandbox_helper")),
-                    cuda_pids, log)
-            except GritError as e:
-                rt.force_delete(cid)
-                st.remove()
-                raise GritError("restore of %s: CUDA state not resumed: %s" % (cid, e.message),
-                                kind="restore") from None
-        if rc == 0:
-            st.update(phase="restored")
-        elif rt.state(cid) is None:
-            st.remove()
-        return rc
+            job.spec = {}
+        job.annotations = job.annotations or _spec.annotations(job.spec)
+        job.frozen, job.helper = [], None
+        if sandbox.wanted(req.conf, job.spec, self.delegate.globals):
+            if job.was_paused:
+                raise CheckpointError("checkpoint of %s: the container is paused; resume it "
+                                      "first (its CUDA processes must be frozen inside the "
+                                      "running sandbox)" % req.cid)
+            job.helper = sandbox.SandboxHelper(self.delegate, req.cid,
+                                               req.conf.cuda.get("sandbox_helper"))
+
+    def checkpoint_guard(self, job):
+        """If runc-grit dies inside the sequence, runc_grit.guard undoes what was done (it
+        finds the frozen CUDA processes itself, so the freeze is covered too)."""
+        from runc_grit.node import procs
+        guard = self.delegate.guard_job(
+            "runsc-checkpoint", job.req.state, was_paused=job.was_paused,
+            sandbox_helper=job.helper.path if job.helper else None, image_dir=job.image_dir)
+        return procs.guarded(guard)
+
+    def dump(self, job):
+        """CUDA frozen inside the sandbox, the sandbox paused, `runsc checkpoint
+        --leave-running`."""
+        from runc_grit.node import procs
+        req, cid = job.req, job.req.cid
+        t0 = time.monotonic()
+        if job.helper:
+            job.frozen = sandbox.freeze(job.helper, req.conf, req.log)
+        t1 = time.monotonic()
+        if not job.was_paused and self.delegate.pause(cid) != 0:
+            raise CheckpointError("runsc pause %s failed" % cid)
+        rc, _ = procs.run(self.delegate.command(job.argv))
+        job.timings = {"checkpoint_s": time.monotonic() - t1, "cuda_freeze_s": t1 - t0}
+        if rc != 0:
+            raise CheckpointError(failure_reason(req.inv.global_value("log"), rc, "runsc"))
+
+    def checkpoint_failed(self, job, error):
+        """Any failure before the commit: the manifest removed, the sandbox computing again."""
+        from runc_grit.checkpoint import manifest
+        req = job.req
+        manifest.remove(job.image_dir)
+        state = _release(self.delegate, req.cid, job.was_paused, job.helper, job.frozen, req.log)
+        what = getattr(error, "message", None) or str(error)
+        raise CheckpointError("checkpoint of %s failed; the container was not checkpointed %s: "
+                              "%s" % (req.cid, "and keeps running" if state == "running" else
+                                      "(it is %s now)" % (state or "gone"), what)) from None
+
+    def manifest_sections(self, job):
+        return ({"path": None, "version": None},
+                sandbox.manifest_section(job.helper, job.frozen) if job.helper else None)
+
+    def checkpoint_ends(self, job):
+        """The source resumed (--leave-running) or stopped, as runc's dump ends it."""
+        req = job.req
+        if job.leave_running:
+            _release(self.delegate, req.cid, job.was_paused, job.helper, job.frozen, req.log)
+        else:
+            _stop_source(self.delegate, req, req.runtime_state)
+        req.log.debug("runsc checkpoint of %s committed to %s (%d files, %.3fs, %d CUDA "
+                      "processes)" % (req.cid, job.image_dir, len(job.manifest["images"]),
+                                      job.timings["checkpoint_s"], len(job.frozen)))
