@@ -26,10 +26,10 @@ def _spec_of(bundle):
         return None
 
 
-def visible_devices(inv, bundle, nvidia_runtime=False, spec=None):
+def visible_devices(inventory, bundle, nvidia_runtime=False, spec=None):
     """The node's GPUs the container's spec grants (gpu.grants): never all of them for a
     spec that names none."""
-    devs = inv["devices"] if inv else []
+    devs = inventory["devices"] if inventory else []
     if spec is None and bundle:
         spec = _spec_of(bundle)
     return grants.of_spec(spec, nvidia_runtime).select(devs)
@@ -73,23 +73,23 @@ def check_destination(m, conf, bundle=None, spec=None, nvidia_runtime=False):
         # the source recorded no GPU inventory: all we can check is that a helper is here
         _helper.for_config(conf, required=True)
         return []
-    inv = discovery.inventory()
-    if not inv or not inv["devices"]:
+    inventory = discovery.inventory()
+    if not inventory or not inventory["devices"]:
         raise GpuError("checkpoint holds CUDA state of %d GPU(s) (%s); this node has no NVIDIA GPU"
                         % (len(src), _models(src)))
-    if len(inv["devices"]) < len(src):
-        raise GpuError("checkpoint used %d GPU(s); this node has %d" % (len(src), len(inv["devices"])))
+    if len(inventory["devices"]) < len(src):
+        raise GpuError("checkpoint used %d GPU(s); this node has %d" % (len(src), len(inventory["devices"])))
     if conf.cuda.get("require_same_gpu_model", True):
-        have = {d["name"] for d in inv["devices"]}
+        have = {d["name"] for d in inventory["devices"]}
         for d in src:
             if d.get("name") and d["name"] not in have:
                 raise GpuError("checkpoint GPU model %s; this node has %s"
                                 % (d["name"], ", ".join(sorted(have))))
     want = g.get("driver_version")
-    if want and inv.get("driver_version") and want.split(".")[0] != inv["driver_version"].split(".")[0]:
+    if want and inventory.get("driver_version") and want.split(".")[0] != inventory["driver_version"].split(".")[0]:
         raise GpuError("checkpoint made with NVIDIA driver %s; this node has %s"
-                        % (want, inv["driver_version"]))
-    visible = grant.select(inv["devices"])
+                        % (want, inventory["driver_version"]))
+    visible = grant.select(inventory["devices"])
     if len(visible) < len(src):
         raise GpuError("the checkpoint used %d GPU(s); this container's spec grants %s, of which "
                         "%d are on this node" % (len(src), grant.describe(), len(visible)))

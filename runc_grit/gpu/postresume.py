@@ -83,10 +83,10 @@ def post_resume(init_pid, st, conf, image_dir=None, log=None, pairs=None):
         pairs = []
         src = _manifest_gpu(image_dir)
         if src and src.get("devices"):
-            inv = discovery.inventory()
+            inventory = discovery.inventory()
             bundle = (st.read() or {}).get("bundle") if st is not None else None
             pairs = destination.device_pairs(src["devices"], destination.visible_devices(
-                inv, bundle, os.environ.get("RUNC_GRIT_NVIDIA_RUNTIME") == "1"))
+                inventory, bundle, os.environ.get("RUNC_GRIT_NVIDIA_RUNTIME") == "1"))
     pairs = [tuple(x) for x in pairs or ()]
     if pairs and st is not None and not os.environ.get("RUNC_GRIT_GPU_NODES"):
         # CRIU brought back the source's /dev (a tmpfs, dumped with its contents): the
