@@ -621,7 +621,7 @@ def test_large_images_are_hashed_in_parallel_chunks(tmp_path, monkeypatch):
     manifest.check_files(d, m, digest=True)
     with open(os.path.join(d, "pages-2.img"), "r+b") as f:
         f.seek((2 << 20) + 5)
-        f.write(b"X")
+        f.write(bytes([data[(2 << 20) + 5] ^ 0xFF]))  # a byte that differs (b"X" was one in 256)
     with pytest.raises(GritError, match="pages-2.img does not match its sha256"):
         manifest.check_files(d, m, digest=True)
 

@@ -54,15 +54,14 @@ def check_gvisor(image_dir):
 
 
 def _head(image_dir, name, n):
-    """The first n bytes of the regular file name (never a FIFO, device or link)."""
+    """The first n bytes of the regular file name (a FIFO, device or link is never opened:
+    fsutil.open_regular)."""
+    from runc_grit import fsutil
     try:
-        fd = os.open(os.path.join(image_dir, name),
-                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = fsutil.open_regular(os.path.join(image_dir, name))
     except OSError as e:
-        raise SourceError("restore source %s: %s: %s" % (image_dir, name, e.strerror)) from None
+        raise SourceError("restore source %s: %s is %s" % (image_dir, name, e.strerror)) from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise SourceError("restore source %s: %s is not a regular file" % (image_dir, name))
         return os.read(fd, n)
     finally:
         os.close(fd)

@@ -281,11 +281,8 @@ def host_facts(spec, bundle=None):
 
 
 def _node_mountpoints():
-    try:
-        with open("/proc/self/mountinfo") as f:
-            return [ln.split()[4].replace("\\040", " ") for ln in f if len(ln.split()) > 4]
-    except OSError:
-        return []
+    from runc_grit.node import mountinfo
+    return [m.mountpoint for m in mountinfo.read() or ()]
 
 
 def rbind_submounts(spec, node_mounts):

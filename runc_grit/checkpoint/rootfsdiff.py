@@ -28,30 +28,19 @@ DELETED = "deleted.files"
 DELETED_LIMIT = 64 << 20  # bytes of deleted.files read at most
 
 
-def _unescape(s):
-    return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n") \
-            .replace("\\134", "\\")
-
-
 def upperdir(rootfs):
     """The upperdir of the overlay mounted at rootfs, or None."""
+    from runc_grit.node import mountinfo
     real = os.path.realpath(rootfs)
     found = None
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for ln in f:
-                pre, _, post = ln.partition(" - ")
-                fields, rest = pre.split(), post.split()
-                if len(fields) < 5 or len(rest) < 3 or _unescape(fields[4]) != real:
-                    continue
-                if rest[0] != "overlay":
-                    found = None
-                    continue
-                for opt in rest[2].split(","):
-                    if opt.startswith("upperdir="):
-                        found = _unescape(opt[len("upperdir="):])
-    except OSError:
-        return None
+    for m in mountinfo.read() or ():
+        if m.mountpoint != real:
+            continue
+        found = None  # of mounts stacked there, the last decides
+        if m.fstype == "overlay":
+            for opt in m.super_options:
+                if opt.startswith("upperdir="):
+                    found = mountinfo.unescape(opt[len("upperdir="):])
     return found
 
 

@@ -89,17 +89,16 @@ def resolve(path, roots):
 MANIFEST_LIMIT = 16 << 20
 
 
-def authenticate(src, conf, where):
+def authenticate(src, conf, where, missing=None):
     """(manifest, its bytes, whether its signature was verified) of the open image dir src,
-    or (None, None, False) where it has none.
+    or (None, None, False) where it has none (refused, saying `missing`, when that is given).
     Authentication comes first: the manifest is read through src's descriptor (a regular
     file, at most 16 MiB), parsed, and its signature checked before any schema work, copy or
     image read; only a verified manifest is then validated against the schema."""
     raw = src.read(_manifest.NAME, MANIFEST_LIMIT)
     if raw is None:
-        if conf.require_signature:
-            raise SourceError("%s: no %s: the checkpoint is not signed, and require_signature is "
-                            "set" % (where, _manifest.NAME))
+        if missing:
+            raise SourceError("%s: no %s: %s" % (where, _manifest.NAME, missing))
         return None, None, False
     try:
         m = json.loads(raw)
@@ -111,6 +110,27 @@ def authenticate(src, conf, where):
     signed = integrity.check_signature(m, conf, where)
     _manifest.validate(m, where)
     return m, raw, signed
+
+
+def admit(src, m, conf, spec, where):
+    """After authentication, what may be restored from src at all: the checkpoint's tenant
+    and age, and nothing in the dir its manifest does not list. Returns [(name, size)] of
+    the listed files."""
+    tenant.check(m, _annotations(spec), conf, where)
+    check_age(m, conf, where)
+    items = [(i["name"], i["size"]) for i in m["images"]]
+    src.refuse_unlisted({n for n, _ in items} | {_manifest.NAME})
+    return items
+
+
+def _check_regular(src, items):
+    """Each listed file a regular file of its listed size (opened once, never followed)."""
+    for name, size in items:
+        os.close(src.open_regular(name, size=size)[0])
+
+
+def _digests_wanted(conf, signed):
+    return getattr(conf, "verify", "size") == "digest" or signed
 
 
 def check_age(m, conf, where):
@@ -145,37 +165,35 @@ def validate(path, conf, image_format="CRIU", spec=None):
     real = resolve(path, conf.checkpoint_roots)
     where = "restore source %s" % path
     with imagedir.ImageDir(real, where) as src:
-        m, raw, signed = authenticate(src, conf, where)
+        m, raw, signed = authenticate(src, conf, where, missing=(
+            "the checkpoint is not signed, and require_signature is set"
+            if conf.require_signature else None))
         if m is None and not conf.accept_raw_criu:
             raise SourceError("restore source %s: no %s, so not a complete runc-grit checkpoint "
                             "(set accept_raw_criu to allow raw CRIU dirs)" % (path, _manifest.NAME))
         if m is not None:
-            tenant.check(m, _annotations(spec), conf, where)
-            check_age(m, conf, where)
-            items = [(i["name"], i["size"]) for i in m["images"]]
-            src.refuse_unlisted({n for n, _ in items} | {_manifest.NAME})
+            items = admit(src, m, conf, spec, where)
         else:
             items = [(n, _size_of(src, n)) for n in sorted(src.names())]
         staging.sweep(conf.staging_dir)  # copies killed restores left behind
         mode = staging_mode(conf)
         root = _root_of(real, conf.checkpoint_roots)
-        if mode == "auto":
-            mode = "none" if (m is not None
-                              and provenance.made_here(src, conf.state_dir,
-                                                       imagedir.RESTORE_OUTPUTS)
-                              and staging.in_place_problem(real, root) is None) else "copy"
+        if mode == "none":
+            staging.check_in_place(real, root, where)
+        elif mode == "auto" and not (m is not None
+                                     and provenance.made_here(src, conf.state_dir,
+                                                              imagedir.RESTORE_OUTPUTS)
+                                     and staging.in_place_problem(real, root) is None):
+            mode = "copy"
         if mode == "copy":
             here = staging.stage(src, items, conf.staging_dir, where, raw, _manifest.NAME)
         else:
-            staging.check_in_place(real, root, where)
-            for name, size in items:  # regular files of the listed sizes, nothing else
-                os.close(src.open_regular(name, size=size)[0])
+            _check_regular(src, items)
             here = real
     try:
         images.check(here, image_format)
         if m is not None:
-            _manifest.check_files(here, m, digest=(getattr(conf, "verify", "size") == "digest"
-                                                   or signed), where=where)
+            _manifest.check_files(here, m, digest=_digests_wanted(conf, signed), where=where)
     except BaseException:
         release(here, conf)
         raise
@@ -212,22 +230,15 @@ def verify_given(image_dir, conf, kubernetes=False, spec=None):
             raise SourceError("%s: no such directory" % where)
         return None
     with imagedir.ImageDir(os.path.realpath(image_dir), where) as src:
-        raw = src.read(_manifest.NAME, MANIFEST_LIMIT)
-        if raw is None:
-            if kubernetes and (conf.require_signature or not conf.accept_raw_criu):
-                raise SourceError("%s: no %s: not a checkpoint taken through runc-grit, and this "
-                                "node restores only those (require_signature, accept_raw_criu)"
-                                % (where, _manifest.NAME))
+        m, _, signed = authenticate(src, conf, where, missing=(
+            "not a checkpoint taken through runc-grit, and this node restores only those "
+            "(require_signature, accept_raw_criu)"
+            if kubernetes and (conf.require_signature or not conf.accept_raw_criu) else None))
+        if m is None:
             return None
-        m, _, signed = authenticate(src, conf, where)
-        tenant.check(m, _annotations(spec), conf, where)
-        check_age(m, conf, where)
-        src.refuse_unlisted({i["name"] for i in m["images"]} | {_manifest.NAME})
-        for item in m["images"]:
-            os.close(src.open_regular(item["name"], size=item["size"])[0])
+        _check_regular(src, admit(src, m, conf, spec, where))
     images.check_entries(image_dir)
-    _manifest.check_files(image_dir, m, digest=(getattr(conf, "verify", "size") == "digest"
-                                                or signed), where=where)
+    _manifest.check_files(image_dir, m, digest=_digests_wanted(conf, signed), where=where)
     return m
 
 

@@ -97,12 +97,11 @@ def stage(src, items, staging_dir, where, manifest_bytes=None, manifest_name=Non
     each opened once through src's descriptor, refused unless a regular file of exactly that
     size, and copied from that descriptor (never more than size bytes). manifest_bytes: the
     manifest as verified, written into the copy as manifest_name. Returns the new dir;
-    GritError (and nothing left behind) when a copy fails. Copies of killed restores are
-    swept first."""
+    GritError (and nothing left behind) when a copy fails. (Copies of killed restores: the
+    caller sweeps them, source.validate before every restore.)"""
     try:
         os.makedirs(staging_dir, mode=0o700, exist_ok=True)
         os.chmod(staging_dir, 0o700)
-        sweep(staging_dir)
         dest = tempfile.mkdtemp(prefix="%s%d-" % (PREFIX, os.getpid()), dir=staging_dir)
     except OSError as e:
         raise SourceError("%s: staging dir %s: %s" % (where, staging_dir, e.strerror)) from None
@@ -151,24 +150,18 @@ SHARED_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "9p", "glusterfs", 
 def mount_of(path, mountinfo=None):
     """(fstype, super options) of the mount that holds path, from /proc/self/mountinfo's text
     (read when not given); of mounts stacked on one point, the last (the visible one) wins."""
-    if mountinfo is None:
-        try:
-            with open("/proc/self/mountinfo") as f:
-                mountinfo = f.read()
-        except OSError:
-            return None, ""
+    from runc_grit.node import mountinfo as _mountinfo
+    mounts = _mountinfo.read() if mountinfo is None else _mountinfo.parse(mountinfo)
+    if mounts is None:
+        return None, ""
     path = os.path.realpath(path)
     best = None
-    for line in mountinfo.splitlines():
-        pre, sep, post = line.partition(" - ")
-        fields, tail = pre.split(), post.split()
-        if not sep or len(fields) < 5 or len(tail) < 3:
-            continue
-        mnt = fields[4].replace("\\040", " ")
+    for m in mounts:
+        mnt = m.mountpoint
         if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and \
-                (best is None or len(mnt) >= len(best[0])):
-            best = (mnt, tail[0], tail[2])
-    return (best[1], best[2]) if best else (None, "")
+                (best is None or len(mnt) >= len(best.mountpoint)):
+            best = m
+    return (best.fstype, ",".join(best.super_options)) if best else (None, "")
 
 
 def fs_type(path):

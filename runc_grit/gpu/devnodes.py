@@ -12,10 +12,7 @@ import os
 import stat
 
 from runc_grit.errors import GpuError
-
-
-def _is_gpu(name):
-    return name.startswith("nvidia") and name[6:].isdigit()
+from runc_grit.gpu import grants
 
 
 NVIDIA_MAJOR = 195
@@ -26,12 +23,7 @@ def wanted(spec, nvidia_runtime=False, inventory=None):
     /dev/nvidiaN, and (CDI, NVIDIA_VISIBLE_DEVICES with the nvidia runtime or hook: gpu.grants)
     the node's GPUs those name, by their minor (inventory: a callable returning
     discovery.inventory(), asked only then). Pure but for inventory."""
-    from runc_grit.gpu import grants
-    want = {}
-    for d in ((spec or {}).get("linux") or {}).get("devices") or []:
-        name = str(d.get("path", ""))[5:] if str(d.get("path", "")).startswith("/dev/") else ""
-        if _is_gpu(name) and d.get("type", "c") == "c":
-            want[name] = d
+    want = grants.gpu_devices(spec)
     g = grants.of_spec(spec, nvidia_runtime)
     if (g.all or g.names) and inventory is not None:
         inv = inventory() or {}
@@ -47,7 +39,7 @@ def plan(want, present):
     """(create, remove): the wanted devices missing from present (names in /dev), and the
     present GPU nodes not wanted. Pure."""
     create = [want[n] for n in sorted(want) if n not in present]
-    remove = sorted(n for n in present if _is_gpu(n) and n not in want)
+    remove = sorted(n for n in present if grants.is_gpu_node(n) and n not in want)
     return create, remove
 
 

@@ -66,6 +66,22 @@ def has_nvidia_hook(spec):
     return False
 
 
+def is_gpu_node(name):
+    """nvidiaN (a name in /dev): a GPU's node, not nvidiactl, nvidia-uvm, ..."""
+    return name.startswith("nvidia") and name[6:].isdigit()
+
+
+def gpu_devices(spec):
+    """{name in /dev: OCI device} of the spec's linux.devices GPU nodes (/dev/nvidiaN,
+    character devices). Pure."""
+    out = {}
+    for d in ((spec or {}).get("linux") or {}).get("devices") or []:
+        path = str(d.get("path", ""))
+        if path.startswith("/dev/") and is_gpu_node(path[5:]) and d.get("type", "c") == "c":
+            out[path[5:]] = d
+    return out
+
+
 def _add_names(g, values, way):
     vals = [v.strip() for v in values if v.strip()]
     if not vals:
@@ -81,9 +97,7 @@ def of_spec(spec, nvidia_runtime=False):
     """The Grant of an OCI spec (dict). nvidia_runtime: the delegate is NVIDIA's runtime,
     which acts on NVIDIA_VISIBLE_DEVICES. Pure."""
     g = Grant()
-    minors = sorted(int(d["path"][11:]) for d in ((spec or {}).get("linux") or {}).get("devices")
-                    or [] if str(d.get("path", "")).startswith("/dev/nvidia")
-                    and str(d.get("path", ""))[11:].isdigit() and d.get("type", "c") == "c")
+    minors = sorted(int(name[6:]) for name in gpu_devices(spec))
     if minors:
         g.minors.update(minors)
         g.ways.append("linux.devices %s" % ",".join("/dev/nvidia%d" % m for m in minors))

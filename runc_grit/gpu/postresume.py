@@ -15,27 +15,29 @@ def sync_gpu_nodes(init_pid, bundle):
     """/dev of the restored container made to hold the GPUs of its spec (gpu.devnodes)."""
     if not bundle:
         return
-    from runc_grit.gpu import devnodes
     from runc_grit.oci import spec as _spec
     try:
         spec = _spec.load(bundle)
     except GritError:
         return
-    devnodes.sync(init_pid, spec, os.environ.get("RUNC_GRIT_NVIDIA_RUNTIME") == "1",
-                  discovery.inventory_or_none)
+    _sync_nodes(init_pid, spec)
+
+
+def _sync_nodes(init_pid, spec):
+    """gpu.devnodes.sync, with the runtime (nvidia or not) runc-grit restores through."""
+    from runc_grit.gpu import devnodes
+    return devnodes.sync(init_pid, spec, os.environ.get("RUNC_GRIT_NVIDIA_RUNTIME") == "1",
+                         discovery.inventory_or_none)
 
 
 def post_restore(init_pid, st):
     """CRIU's post-restore (tasks restored, not yet running): the container's /dev holds the
     GPU nodes its spec grants and no others. Returns (made, removed)."""
     bundle = (st.read() or {}).get("bundle") if st is not None else None
-    from runc_grit.gpu import devnodes
     from runc_grit.oci import spec as _spec
     if not bundle:
         raise GpuError("post-restore: the container's bundle is not known")
-    return devnodes.sync(init_pid, _spec.load(bundle),
-                         os.environ.get("RUNC_GRIT_NVIDIA_RUNTIME") == "1",
-                         discovery.inventory_or_none)
+    return _sync_nodes(init_pid, _spec.load(bundle))
 
 
 def _has_gpu_nodes(spec):

@@ -19,16 +19,9 @@ OPTION_BITS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec"
 
 def root_options(pid):
     """The per-mount options of pid's root mount (its mountinfo's "/" line), or None."""
-    found = None
-    try:
-        with open("/proc/%d/mountinfo" % int(pid)) as f:
-            for ln in f:
-                fields = ln.split()
-                if len(fields) > 5 and fields[4] == "/":
-                    found = fields[5].split(",")  # the last "/" line is the visible one
-    except OSError:
-        return None
-    return found
+    from runc_grit.node import mountinfo
+    roots = [m for m in mountinfo.read(int(pid)) or () if m.mountpoint == "/"]
+    return roots[-1].options if roots else None  # the last "/" is the visible one
 
 
 def is_readonly(pid):

@@ -108,13 +108,8 @@ class Delegate:
 
 def _mounted(path):
     """Is path a mount point (per /proc/self/mountinfo)?"""
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            points = [ln.split()[4] for ln in f if len(ln.split()) > 4]
-    except OSError:
-        return False
-    want = path.encode().replace(b"\\", b"\\134").replace(b" ", b"\\040")
-    return want in points
+    from runc_grit.node import mountinfo
+    return any(m.mountpoint == path for m in mountinfo.read() or ())
 
 
 def _drop_log(globals_):

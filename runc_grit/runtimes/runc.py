@@ -59,8 +59,6 @@ class Runc(Runtime):
             self._check_destination(job)
         if rootmount.wanted(req.spec):
             job.env["RUNC_GRIT_READONLY_ROOT"] = "1"
-        if self.nvidia_runtime and (job.on_create or rootmount.wanted(req.spec)):
-            job.env["RUNC_GRIT_NVIDIA_RUNTIME"] = "1"
         if job.on_create:
             _apply_rootfs_diff(job.image_dir, req)
         lines = self.restore_criu_options(req, job.image_dir)
@@ -80,6 +78,8 @@ class Runc(Runtime):
         req.gpu_nodes = postresume.wants_gpu_nodes(m, req.spec, job.image_dir)
         if req.gpu_nodes:
             job.env["RUNC_GRIT_GPU_NODES"] = "1"
+        if self.nvidia_runtime:  # it acts on NVIDIA_VISIBLE_DEVICES (gpu.grants)
+            job.env["RUNC_GRIT_NVIDIA_RUNTIME"] = "1"
 
     def restore_argv(self, job):
         """`runc restore` argv: a create rewritten (argv.create_to_restore), or the direct
