@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what runc-grit needs on a Debian 12 (bookworm) node or CI machine:
-#   runc, iptables, containerd, busybox (demo/tests), python3-venv, CRIU >= 4.1, crun, and
+#   runc, iptables, containerd, busybox (demo/tests), python3-venv, CRIU >= 4.1, crun,
+#   docker-registry and htpasswd (the registry tests), and
 #   runsc (gVisor, from Debian 13).
 # Debian 12 ships CRIU 3.17, which fails `criu check` on 6.x kernels with new vDSO layouts.
 # CRIU 4.1 comes from Debian 13 (trixie) packages, unpacked into a private prefix and started
@@ -17,7 +18,8 @@ log() { printf '[deps] %s\n' "$*" >&2; }
 
 need_apt=()
 for pair in runc:runc iptables-restore:iptables containerd:containerd busybox:busybox-static \
-            ip:iproute2 curl:curl zstd:zstd crun:crun; do
+            ip:iproute2 curl:curl zstd:zstd crun:crun \
+            docker-registry:docker-registry htpasswd:apache2-utils; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -26,6 +28,17 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # docker-registry (the registry tests start their own, on loopback): its packaged service
+  # would listen on :5000 of every node this runs on (systemd unit, or the sysv script)
+  if [[ " ${need_apt[*]} " == *" docker-registry "* ]]; then
+    if [ -d /run/systemd/system ]; then
+      systemctl disable --now docker-registry >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/docker-registry ]; then
+      invoke-rc.d docker-registry stop >/dev/null 2>&1 || true
+      update-rc.d docker-registry disable >/dev/null 2>&1 || true
+    fi
+    log "docker-registry's packaged service disabled (the tests start their own)"
+  fi
 fi
 
 criu_ok() {

@@ -16,7 +16,7 @@ from runc_grit import fastconf
 INTERCEPTED = frozenset(("create", "run", "restore", "checkpoint"))
 # Operator commands: not runc's. `hook` is what the CRIU action script calls.
 OPERATOR = frozenset(("doctor", "demo", "cuda-checkpoint", "inspect", "export", "import",
-                      "config", "hook", "gc", "keygen", "key-id"))
+                      "config", "hook", "gc", "keygen", "key-id", "push", "pull"))
 HELP = (["--help"], ["-h"], ["help"], ["h"])
 
 

@@ -67,6 +67,12 @@ class CheckpointError(GritError):
     kind = "checkpoint"
 
 
+class RegistryError(GritError):
+    """An OCI registry refused or failed a push or pull (auth, TLS, a missing or bad blob,
+    the deadline); nothing of it is left on this node."""
+    kind = "registry"
+
+
 class RuntimeFailure(GritError):
     """The delegate runtime's own run failed; its exit code is passed on."""
     kind = "runtime"
@@ -88,7 +94,7 @@ class NotFoundError(GritError):
 
 
 KINDS = {c.kind: c for c in (ConfigError, UsageError, SpecError, SourceError, RestoreError,
-                             CheckpointError, RuntimeFailure, GpuError, BlockerError,
+                             CheckpointError, RegistryError, RuntimeFailure, GpuError, BlockerError,
                              NotFoundError)}
 
 # The one exit-code table: class kind -> process exit code.
@@ -100,6 +106,7 @@ EXIT_CODES = {
     "source": 1,
     "restore": 1,
     "checkpoint": 1,
+    "registry": 1,
     "runtime": 1,      # unless exit_code: the runtime's own
     "gpu": 1,
     "blocker": 2,

@@ -99,10 +99,14 @@ class CRI:
         self.rt.CheckpointContainer(self.pb.CheckpointContainerRequest(
             container_id=cid, location=location, timeout=timeout), timeout=timeout)
 
-    def pull(self, image, timeout=180):
-        """PullImage; returns the image ref (its id) containerd reports."""
+    def pull(self, image, timeout=180, auth=None):
+        """PullImage; returns the image ref (its id) containerd reports. auth: (user,
+        password), as kubelet passes an image pull secret."""
+        kw = {}
+        if auth:
+            kw["auth"] = self.pb.AuthConfig(username=auth[0], password=auth[1])
         return self.img.PullImage(self.pb.PullImageRequest(
-            image=self.pb.ImageSpec(image=image)), timeout=timeout).image_ref
+            image=self.pb.ImageSpec(image=image), **kw), timeout=timeout).image_ref
 
     def image_status(self, image):
         """The Image record (id, repo_tags, repo_digests), or None when it is not there."""

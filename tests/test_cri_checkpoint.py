@@ -428,3 +428,53 @@ def test_cri_checkpoint_past_its_deadline_leaves_the_source_running_unlocked(cri
     assert wait(lambda: len(values(log1)) >= n + 3), "the source stopped counting"
     assert cri.state_name(c1) == "CONTAINER_RUNNING"
     assert not os.path.exists(archive) or os.path.getsize(archive) == 0
+
+
+def test_cri_restores_a_checkpoint_image_pushed_by_runc_grit(cri21, workdir):
+    """Issue 26: a CRI checkpoint archive, unpacked and pushed by `runc-grit push` to a real
+    registry (Debian's docker-registry, auth on), is pulled by containerd's CRI PullImage with
+    those credentials and restored by name: CreateContainer(image = the checkpoint image) +
+    StartContainer in a new pod. containerd 2.1 recognises it by checkpointctl's annotation,
+    unpacks its layers, and runs runc-grit restore; the counter continues."""
+    if not (shutil.which("docker-registry") and shutil.which("htpasswd")):
+        pytest.skip("docker-registry / htpasswd not installed (install/deps.sh installs them)")
+    from distribution import Distribution
+    cri = cri21
+    dist = Distribution(os.path.join(workdir, "registry"))
+    try:
+        ref, _ = pull_base(cri)
+        log1, log2 = (os.path.join(workdir, p, "counter.log") for p in ("pod1", "pod2"))
+        _, _, c1 = run_counter(cri, "src", ref, os.path.dirname(log1))
+        cri.start(c1)
+        assert wait(lambda: len(values(log1)) >= 5)
+        archive = os.path.join(workdir, "ckpt.tar")
+        cri.checkpoint(c1, archive)
+        unpacked = os.path.join(workdir, "ckpt")
+        os.makedirs(unpacked)
+        subprocess.run(["tar", "-xf", archive, "-C", unpacked], check=True, timeout=60)
+        auth = dist.write_auth_file(os.path.join(workdir, "auth.json"))
+        cri.grit.write_config({"registry": {"auth_file": auth, "insecure": [dist.host]}})
+        image = dist.ref("checkpoints/counter", "cri")
+        p = subprocess.run(GRIT + ["push", "--json", unpacked, image], capture_output=True,
+                           text=True, env=cri.grit.env, timeout=120)
+        assert p.returncode == 0, p.stderr
+        man = json.loads(dist.manifest("checkpoints/counter", "cri"))
+        assert man["annotations"]["org.criu.checkpoint.container.name"] == "counter", man
+        # kubelet: PullImage with the pull secret's credentials, then the pod
+        cri.pull(image, auth=(dist.user, dist.password))
+        _, _, c2 = run_counter(cri, "dst", image, os.path.dirname(log2))
+        t1 = time.time()
+        cri.start(c2)
+
+        def restored():
+            return [v for t, v in cri_log(log2) if t >= t1]
+        assert wait(lambda: len(restored()) >= 3), (cri_log(log2)[-5:], cri.ctrd.log_tail())
+        got = restored()
+        assert got[:3] == [got[0], got[0] + 1, got[0] + 2], got[:5]
+        assert got[0] <= values(log1)[-1] + 1
+        kinds = [k for k, _ in commands(cri.record, c2)]
+        assert "restore" in kinds and "create" not in kinds, kinds
+        assert cri.state_name(c1) == "CONTAINER_RUNNING"
+        print("restored from %s at %d" % (image, got[0]))
+    finally:
+        dist.stop()

@@ -787,7 +787,7 @@ def test_every_error_class_is_raised_and_has_one_exit_code():
                 with open(os.path.join(dirpath, f)) as fh:
                     src += fh.read()
     want = {"config": 1, "usage": 1, "spec": 1, "source": 1, "restore": 1, "checkpoint": 1,
-            "runtime": 1, "gpu": 1, "blocker": 2, "not-found": 127}
+            "registry": 1, "runtime": 1, "gpu": 1, "blocker": 2, "not-found": 127}
     assert set(errors.KINDS) == set(want)
     for kind, cls in errors.KINDS.items():
         assert re.search(r"raise %s\(" % cls.__name__, src), cls.__name__

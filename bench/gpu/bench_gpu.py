@@ -10,6 +10,10 @@ For each size (GiB of VRAM held by tests/gpu/app.py) and each variant:
   grit2   grit with the VRAM split between two CUDA processes, a parent and its child (the
           app's APP_CHILD=1), each holding half: runc-grit checkpoints and restores them at
           once.
+  registry  grit, then the same checkpoint pushed (`runc-grit push`) to Debian's
+          docker-registry on loopback (auth on, storage beside the images) and restored into
+          a third container from `grit.dev/restore-from: oci://...` with a cold pull cache:
+          push and pull throughput, restore-from-registry against restore-from-local-dir.
   stream  raw, the pages sent by `criu dump --page-server` to `criu page-server` on loopback:
           no dump to disk then read; the receiving side writes the image the restore reads.
 Variants: CRIU binaries (BENCH_CRIUS="4.1=/path 4.2=/path 4.3=/path"; default: the criu on
@@ -132,7 +136,7 @@ def raw(size_gib, work, criu="criu", stream=False, sync=False):
     return r
 
 
-def grit(size_gib, work, criu=None, sync=False, procs=1):
+def grit(size_gib, work, criu=None, sync=False, procs=1, registry=False):
     conf = {"cuda": {"lock_timeout_ms": 20000}, "staging_dir": os.path.join(work, "staging")}
     if criu and criu != "criu":
         conf["criu"] = criu
@@ -140,7 +144,10 @@ def grit(size_gib, work, criu=None, sync=False, procs=1):
     img = os.path.join(e.ckroot, "img")
     bundles = {}
     try:
-        return _grit(e, size_gib, work, img, bundles, sync, procs)
+        r = _grit(e, size_gib, work, img, bundles, sync, procs)
+        if registry:
+            r["registry"] = _registry(e, conf, size_gib, work, img, bundles)
+        return r
     except AssertionError as ex:  # with what CRIU said, when it said something
         raise RuntimeError("%s %s" % (ex, criu_errors(img + "-w"))) from None
     finally:
@@ -205,6 +212,44 @@ def _grit(e, size_gib, work, img, bundles, sync, procs):
     return r
 
 
+def _registry(e, conf, size_gib, work, img, bundles):
+    """Push img to a loopback registry, then restore it by oci:// reference (cold cache)."""
+    from distribution import Distribution
+    dist = Distribution(os.path.join(work, "registry"))
+    try:
+        e.write_config(dict(conf, registry={
+            "auth_file": dist.write_auth_file(os.path.join(work, "auth.json")),
+            "insecure": [dist.host], "jobs": int(os.environ.get("BENCH_REGISTRY_JOBS", "8"))}))
+        ref = dist.ref("bench/gpu", "v1")
+        p = subprocess.run([os.environ.get("RUNC_GRIT_BIN", "runc-grit"), "push", "--json", img,
+                            ref], capture_output=True, text=True, env=e.env, timeout=900)
+        assert p.returncode == 0, p.stderr
+        pushed = json.loads(p.stdout)
+        for cid in list(bundles):   # the local restore's container gives its GPU memory back
+            e.grit.run(bundles.pop(cid), "delete", "--force", cid)
+        logs = os.path.join(work, "logs")
+        log = os.path.join(logs, "g.log")
+        s = max(read_steps(log))
+        env = {"APP_MIB": str(size_gib * 1024), "APP_TICK": "0.05"}
+        b = bundles["reg"] = make_gpu_bundle(os.path.join(e.dir, "reg"), logs, "g.log", env,
+                                             {"grit.dev/restore-from": "oci://" + ref})
+        t = time.monotonic()
+        p, _ = e.grit.create_with_pipes(b, "reg")
+        restore = time.monotonic() - t
+        assert p.returncode == 0, e.grit.log_error(b)
+        e.grit.run(b, "start", "reg")
+        state = json.load(open(os.path.join(e.state_dir, "reg", "state.json")))
+        after = wait_steps(log, s + 2, timeout=600)
+        pulled = state.get("timings", {}).get("verify_s", 0)
+        return {"push_s": pushed["seconds"], "push_digest_s": pushed["digest_s"],
+                "bytes": pushed["bytes"], "push_GBps": pushed["bytes"] / pushed["seconds"] / 1e9,
+                "restore": restore, "pull_s": pulled,
+                "pull_GBps": pushed["bytes"] / pulled / 1e9 if pulled else None,
+                "runtime_restore_s": state.get("restore_seconds"), "resumed_at": [s, after]}
+    finally:
+        dist.stop()
+
+
 def variants():
     crius = [kv.split("=", 1) for kv in os.environ.get("BENCH_CRIUS", "").split() if "=" in kv]
     crius = crius or [("path", "criu")]
@@ -231,8 +276,9 @@ def run(gib, v):
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     try:
-        if v["mode"] in ("grit", "grit2"):
-            return grit(gib, work, v["criu_path"], v["sync"], procs=2 if v["mode"] == "grit2" else 1)
+        if v["mode"] in ("grit", "grit2", "registry"):
+            return grit(gib, work, v["criu_path"], v["sync"], procs=2 if v["mode"] == "grit2" else 1,
+                        registry=v["mode"] == "registry")
         return raw(gib, work, v["criu_path"], stream=v["mode"] == "stream", sync=v["sync"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -278,7 +324,7 @@ def main():
                 gib, v["mode"], v["criu"], v["where"], v.get("thp"), r["error"].replace("|", "/")))
             continue
         down = r["checkpoint"] + r["restore"]
-        if v["mode"] in ("grit", "grit2"):
+        if v["mode"] in ("grit", "grit2", "registry"):
             t = r["timings"]
             rt = r["restore_timings"]
             detail = ("CUDA ckpt %.2f s (in pre-dump), manifest %.2f s; restore: %s + verify "
@@ -294,6 +340,16 @@ def main():
             gib, v["mode"], v["criu"], v["where"], " + sync" if v["sync"] else "", v.get("thp"),
             r["checkpoint"],
             r["restore"], down, r["image"] / 1e9, r["image"] / 1e9 / down, detail))
+    reg = [(gib, r) for gib, v, r in rows if v["mode"] == "registry" and "registry" in r]
+    if reg:
+        lines += ["", "| VRAM | push | push GB/s | restore from local dir | restore from registry "
+                  "(cold cache) | pull (in it) | pull GB/s | ratio |", "|---|---|---|---|---|---|---|---|"]
+        for gib, r in reg:
+            g = r["registry"]
+            lines.append("| %d GiB | %.2f s (digests %.2f s) | %.2f | %.2f s | %.2f s | %.2f s | "
+                         "%.2f | %.2fx |" % (gib, g["push_s"], g["push_digest_s"], g["push_GBps"],
+                                             r["restore"], g["restore"], g["pull_s"],
+                                             g["pull_GBps"] or 0, g["restore"] / r["restore"]))
     text = "\n".join(lines) + "\n"
     print(text)
     with open(out, "w") as f:

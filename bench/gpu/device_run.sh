@@ -4,7 +4,9 @@
 #   CARRY_STACKS="current next" CARRY_STACK_EXES_next=criu bash bench/gpu/make_carry.sh
 # and pass carry=[".carry"]): CRIU 4.1 with its libraries (from Debian 13), Debian's runc
 # 1.1.5 .deb (the debian12 stack), the current stack (Debian sid's runc 1.3.6, CRIU 4.2.1,
-# containerd 2.1.9), CRIU 4.3 (experimental), pycriu, busybox-static, and wheels.
+# containerd 2.1.9), CRIU 4.3 (experimental), pycriu, busybox-static, Debian 12's
+# docker-registry (unpacked, its service never started: tests/distribution.py starts its own),
+# and wheels.
 #   bash bench/gpu/device_run.sh MODE...   MODE: tests (STACK=debian12|current), cri, bench,
 #                                          crun (the matrix's crun cell, cgroup v2),
 #                                          runtimes (needs CARRY_RUNTIMES=1 in make_carry)
@@ -30,6 +32,9 @@ NEXT=
 mkdir -p /opt/runc-grit/criu/usr/lib/python3/dist-packages
 cp -r "$C"/pycriu/* /opt/runc-grit/criu/usr/lib/python3/dist-packages/
 dpkg -x "$C"/extra/busybox-static_*.deb /opt/rg/bb && ln -sf /opt/rg/bb/bin/busybox /bin/busybox
+if ls "$C"/extra/docker-registry_*.deb >/dev/null 2>&1; then   # dpkg -x: no service started
+  dpkg -x "$C"/extra/docker-registry_*.deb /opt/rg/reg && ln -sf /opt/rg/reg/usr/bin/docker-registry /usr/local/bin/docker-registry
+fi
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$C"/whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD
 PY=$(command -v python3)

@@ -4,12 +4,14 @@
 #                 (install/deps.sh), with the libraries they load, and the xtables modules
 #   .carry/debs   Debian's runc .deb
 #   .carry/whl    wheels the device's Python 3.12 lacks or has in other versions (jsonschema,
-#                 cryptography and
-#                 its deps; grpcio, grpcio-tools and protobuf as this machine's venv has them,
+#                 cryptography and its deps; requests, urllib3, idna, charset-normalizer,
+#                 certifi; grpcio, grpcio-tools and protobuf as this machine's venv has them,
 #                 for the CRI tests' client)
 #   .carry/pycriu CRIU's pycriu with its pure-Python protobuf (the privilege check reads images
 #                 with it)
-#   .carry/extra  Debian 12's busybox-static (the CRI tests' images); with CARRY_RUNTIMES=1 also
+#   .carry/extra  Debian 12's busybox-static (the CRI tests' images) and docker-registry (the
+#                 registry bench; tests/distribution.py has the test password's bcrypt line
+#                 for machines without htpasswd); with CARRY_RUNTIMES=1 also
 #                 crun, libyajl2 and Debian 13's runsc (`device_run.sh runtimes`)
 #   .carry/stacks/<name>  only with CARRY_STACKS="current" (names of install/stacks.sh): that
 #                 stack's executables (CARRY_STACK_EXES_<name>, else CARRY_STACK_EXES, default runc criu containerd
@@ -85,7 +87,7 @@ for bin in "$P/usr/sbin/criu" "$P/usr/sbin/xtables-legacy-multi"; do
 done
 (cd "$C/debs" && apt-get download runc >/dev/null)
 mkdir -p "$C/extra" "$C/pycriu"
-(cd "$C/extra" && apt-get download busybox-static >/dev/null)
+(cd "$C/extra" && apt-get download busybox-static docker-registry >/dev/null)
 if [ "${CARRY_RUNTIMES:-0}" = 1 ]; then  # for `device_run.sh runtimes`: crun, runsc
   (cd "$C/extra" && apt-get download crun libyajl2 >/dev/null)
   . install/trixie.sh
@@ -97,6 +99,7 @@ v() { .venv/bin/python -c "import importlib.metadata as m; print(m.version('$1')
 pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d "$C/whl" jsonschema \
   jsonschema-specifications referencing rpds-py nvidia-ml-py cryptography cffi pycparser \
+  requests urllib3 idna charset-normalizer certifi \
   "grpcio==$(v grpcio)" \
   "grpcio-tools==$(v grpcio-tools)" "protobuf==$(v protobuf)"
 for s in ${CARRY_STACKS:-}; do carry_stack "$s"; done

@@ -5,11 +5,11 @@ runtime or CRIU process starts: it must resolve (symlinks followed) to a directo
 of checkpoint_roots, hold only regular files and the images of its format (checkpoint.images),
 and carry a valid grit-manifest.json whose files match (unless accept_raw_criu).
 """
-import json
 import os
 
 from runc_grit.checkpoint import images, imagedir, provenance, staging, tenant
 from runc_grit.checkpoint import manifest as _manifest
+from runc_grit.checkpoint.admission import admit, authenticate, check_regular
 from runc_grit.errors import SourceError
 
 RESTORE_FROM = ("grit.dev/restore-from", "kybernate.io/restore-from")
@@ -86,69 +86,8 @@ def resolve(path, roots):
     return real
 
 
-MANIFEST_LIMIT = 16 << 20
-
-
-def authenticate(src, conf, where, missing=None):
-    """(manifest, its bytes, whether its signature was verified) of the open image dir src,
-    or (None, None, False) where it has none (refused, saying `missing`, when that is given).
-    Authentication comes first: the manifest is read through src's descriptor (a regular
-    file, at most 16 MiB), parsed, and its signature checked before any schema work, copy or
-    image read; only a verified manifest is then validated against the schema."""
-    raw = src.read(_manifest.NAME, MANIFEST_LIMIT)
-    if raw is None:
-        if missing:
-            raise SourceError("%s: no %s: %s" % (where, _manifest.NAME, missing))
-        return None, None, False
-    try:
-        m = json.loads(raw)
-    except ValueError as e:
-        raise SourceError("%s: unreadable %s: %s" % (where, _manifest.NAME, e)) from None
-    if not isinstance(m, dict):
-        raise SourceError("%s: %s is not a JSON object" % (where, _manifest.NAME))
-    from runc_grit.checkpoint import integrity
-    signed = integrity.check_signature(m, conf, where)
-    _manifest.validate(m, where)
-    return m, raw, signed
-
-
-def admit(src, m, conf, spec, where):
-    """After authentication, what may be restored from src at all: the checkpoint's tenant
-    and age, and nothing in the dir its manifest does not list. Returns [(name, size)] of
-    the listed files."""
-    tenant.check(m, _annotations(spec), conf, where)
-    check_age(m, conf, where)
-    items = [(i["name"], i["size"]) for i in m["images"]]
-    src.refuse_unlisted({n for n, _ in items} | {_manifest.NAME})
-    return items
-
-
-def _check_regular(src, items):
-    """Each listed file a regular file of its listed size (opened once, never followed)."""
-    for name, size in items:
-        os.close(src.open_regular(name, size=size)[0])
-
-
 def _digests_wanted(conf, signed):
     return getattr(conf, "verify", "size") == "digest" or signed
-
-
-def check_age(m, conf, where):
-    """Refuse a checkpoint older than config max_checkpoint_age (seconds; 0: no limit)."""
-    limit = getattr(conf, "max_checkpoint_age", 0) or 0
-    if not limit or m is None:
-        return
-    import calendar
-    import time
-    try:
-        made = calendar.timegm(time.strptime(m["created"][:19], "%Y-%m-%dT%H:%M:%S"))
-    except (KeyError, ValueError):
-        raise SourceError("%s: the manifest's creation time %r cannot be read"
-                        % (where, m.get("created"))) from None
-    age = time.time() - made
-    if age > limit:
-        raise SourceError("%s: the checkpoint is %d s old; this node restores checkpoints up to "
-                        "max_checkpoint_age %d s" % (where, age, limit))
 
 
 def validate(path, conf, image_format="CRIU", spec=None):
@@ -161,7 +100,11 @@ def validate(path, conf, image_format="CRIU", spec=None):
     then either a root-only copy of exactly the listed files (staging) or, where this node
     made the dir and nothing changed since (provenance), the dir in place; last the images and
     every file's digest, on what the runtime will read. The caller restores from the dir
-    returned and then hands it to release()."""
+    returned and then hands it to release(). An oci:// source is pulled (registry.pull: the
+    same checks, made while it streams) into the root-only cache, and read there."""
+    from runc_grit.registry import reference
+    if reference.is_oci(path):
+        return _from_registry(path, conf, image_format, spec)
     real = resolve(path, conf.checkpoint_roots)
     where = "restore source %s" % path
     with imagedir.ImageDir(real, where) as src:
@@ -188,7 +131,7 @@ def validate(path, conf, image_format="CRIU", spec=None):
         if mode == "copy":
             here = staging.stage(src, items, conf.staging_dir, where, raw, _manifest.NAME)
         else:
-            _check_regular(src, items)
+            check_regular(src, items)
             here = real
     try:
         images.check(here, image_format)
@@ -198,6 +141,17 @@ def validate(path, conf, image_format="CRIU", spec=None):
         release(here, conf)
         raise
     return here, m, real
+
+
+def _from_registry(path, conf, image_format, spec):
+    from runc_grit.registry import pull
+    here, m, _, _ = pull.to_cache(path, conf, spec)
+    try:
+        images.check(here, image_format)
+    except BaseException:
+        release(here, conf)
+        raise
+    return here, m, path
 
 
 def _size_of(src, name):
@@ -236,7 +190,10 @@ def verify_given(image_dir, conf, kubernetes=False, spec=None):
             if kubernetes and (conf.require_signature or not conf.accept_raw_criu) else None))
         if m is None:
             return None
-        _check_regular(src, admit(src, m, conf, spec, where))
+        tenant.check(m, _annotations(spec), conf, where)  # whose it is, before any work
+        from runc_grit.registry import layout
+        layout.join_parts(src, [(i["name"], i["size"]) for i in m["images"]])
+        check_regular(src, admit(src, m, conf, spec, where))
     images.check_entries(image_dir)
     _manifest.check_files(image_dir, m, digest=_digests_wanted(conf, signed), where=where)
     return m
@@ -247,8 +204,11 @@ def staging_mode(conf):
 
 
 def release(image_dir, conf):
-    """After a restore: a staged copy goes (a source used in place stays)."""
+    """After a restore: a staged copy goes (a source used in place stays; a pulled one
+    stays in the cache, unlocked)."""
     staging.discard(image_dir, conf.staging_dir)
+    from runc_grit.registry import pull
+    pull.release(image_dir)
 
 
 def _root_of(real, roots):

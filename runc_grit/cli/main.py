@@ -150,12 +150,60 @@ def import_cmd(archive_file, output):
 
 
 @cli.command()
+@click.argument("checkpoint_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("ref")
+@click.option("--jobs", type=click.IntRange(1, 64), default=None,
+              help="Blobs sent at once (default: the config's registry.jobs).")
+@click.option("--blob-size", type=int, default=None,
+              help="Bytes per part of a large file (a multiple of 64 MiB; default: the "
+                   "config's registry.blob_size).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def push(checkpoint_dir, ref, jobs, blob_size, as_json):
+    """Push a checkpoint to a registry as an OCI image (REF: HOST[:PORT]/REPO[:TAG]).
+
+    CHECKPOINT_DIR: an image dir with grit-manifest.json, or a CRI checkpoint archive
+    unpacked (checkpoint/ beside config.dump, spec.dump, status.dump), which containerd's
+    CRI can then restore by image name as well."""
+    import json as _json
+    from runc_grit.node.config import load
+    from runc_grit.registry import push as _push
+    r = _push.push(checkpoint_dir, ref, load().registry, jobs=jobs, blob_size=blob_size)
+    if as_json:
+        click.echo(_json.dumps(r, indent=1))
+    else:
+        click.echo("%s: %d layers, %.1f MB, %.1f MB sent (%d blobs already there) in %.2fs"
+                   % (r["ref"], r["layers"], r["bytes"] / 1e6, r["sent"] / 1e6, r["skipped"],
+                      r["seconds"]))
+
+
+@cli.command()
+@click.argument("ref")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def pull(ref, out_dir, as_json):
+    """Pull a checkpoint image into a new dir, verified as a restore would (signed manifest
+    first, then every blob and file against its digest). REF: HOST[:PORT]/REPO[:TAG] or
+    ...@sha256:DIGEST."""
+    import json as _json
+    from runc_grit.node.config import load
+    from runc_grit.registry import pull as _pull
+    path, m, _, st = _pull.to_dir(ref, out_dir, load())
+    st.update(dir=path, container=m["container"]["id"], files=len(m["images"]))
+    if as_json:
+        click.echo(_json.dumps(st, indent=1))
+    else:
+        click.echo("%s: checkpoint of %s, %d files, %.1f MB in %.2fs, verified"
+                   % (path, st["container"], st["files"], st["bytes"] / 1e6, st["seconds"]))
+
+
+@cli.command()
 @click.option("--dry-run", is_flag=True)
 @click.option("--root", "roots", multiple=True,
               help="Runtime roots to look in (default: the one each container was made under).")
 def gc(dry_run, roots):
     """Remove state of containers the runtime no longer knows, the staging copies of
-    restores that were killed, and the CRIU logs kept of failed restores."""
+    restores that were killed, the CRIU logs kept of failed restores, and pulled
+    checkpoints beyond the cache's size bound (registry.cache_bytes)."""
     from runc_grit.node.config import load
     from runc_grit.node.state import ContainerState, list_ids
     from runc_grit.runtimes.delegate import Delegate
@@ -180,6 +228,9 @@ def gc(dry_run, roots):
         click.echo("log of a failed restore: %s" % path)
         if not dry_run:
             os.unlink(path)
+    from runc_grit.registry import cache
+    for path in cache.trim(cache.cache_dir(conf), conf.registry["cache_bytes"], dry_run=dry_run):
+        click.echo("pulled checkpoint beyond the cache bound: %s" % path)
 
 
 @cli.command()

@@ -30,6 +30,16 @@ DEFAULTS = {
     "max_checkpoint_age": 0,
     "privilege_check": "enforce",
     "device_env": "refuse",
+    "registry": {
+        "auth_file": None,
+        "insecure": [],
+        "ca_file": None,
+        "timeout": 600,
+        "cache_dir": None,
+        "cache_bytes": 64 << 30,
+        "blob_size": 512 << 20,
+        "jobs": 8,
+    },
     "cuda": {
         "enabled": "auto",
         "helper": "builtin",
@@ -84,8 +94,8 @@ def validate(data, source="config"):
 def merge(data):
     out = copy.deepcopy(DEFAULTS)
     for k, v in data.items():
-        if k == "cuda":
-            out["cuda"].update(v)
+        if k in ("cuda", "registry"):
+            out[k].update(v)
         else:
             out[k] = v
     return out

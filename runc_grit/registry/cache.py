@@ -1,0 +1,132 @@
+"""Pulled checkpoints, kept by the digest of their image manifest.
+
+`<cache_dir>/sha256-<hex>/` holds exactly the files a signed manifest lists, each verified
+against it while it streamed; it gets that name only once complete (a rename), so a dir of
+that name is a whole, verified checkpoint. Pulls in progress are `.incoming-<pid>-*` (a
+killed pull's is swept). A restore holds a shared lock on the entry while CRIU reads it;
+trimming (after each pull, and `runc-grit gc`) removes the least recently used entries
+beyond cache_bytes, never a locked one. The dir is root-only, under the staging dir by default.
+"""
+import fcntl
+import os
+import shutil
+import tempfile
+
+from runc_grit.errors import RegistryError
+
+INCOMING = ".incoming-"
+
+
+def cache_dir(conf):
+    return (conf.registry or {}).get("cache_dir") or os.path.join(conf.staging_dir, "oci-cache")
+
+
+def ensure(path):
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+            os.chmod(path, 0o700)
+    except OSError as e:
+        raise RegistryError("registry cache %s: %s" % (path, e.strerror)) from None
+    return path
+
+
+def entry(root, digest):
+    return os.path.join(root, digest.replace(":", "-"))
+
+
+def incoming(root):
+    return tempfile.mkdtemp(prefix="%s%d-" % (INCOMING, os.getpid()), dir=root)
+
+
+def commit(tmp, final):
+    """Give a complete pull its name; if another pull got there first, keep that one."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isdir(final):
+            raise
+    os.utime(final)
+    return final
+
+
+def lock(path, exclusive=False, wait=True):
+    """An open fd holding a flock on the entry (shared: in use), or None (not got, no wait)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                    | (0 if wait else fcntl.LOCK_NB))
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def unlock(fd):
+    if fd is not None:
+        os.close(fd)
+
+
+def _pid_gone(name):
+    pid = name[len(INCOMING):].split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _size(path):
+    total = 0
+    for name in os.listdir(path):
+        try:
+            total += os.lstat(os.path.join(path, name)).st_blocks * 512
+        except OSError:
+            pass
+    return total
+
+
+def trim(root, limit, keep=(), dry_run=False):
+    """Remove killed pulls' dirs, then entries (least recently used first) until the cache
+    holds at most limit bytes; locked entries and those in keep stay. Returns removed paths."""
+    removed = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    entries = []
+    for name in names:
+        p = os.path.join(root, name)
+        if name.startswith(INCOMING):
+            if _pid_gone(name):
+                removed.append(p)
+                if not dry_run:
+                    shutil.rmtree(p, ignore_errors=True)
+        elif name.startswith("sha256-") and os.path.isdir(p) and not os.path.islink(p):
+            entries.append((os.lstat(p).st_mtime, p, _size(p)))
+    total = sum(s for _, _, s in entries)
+    for _, p, size in sorted(entries):
+        if total <= limit:
+            break
+        if p in keep:
+            continue
+        fd = lock(p, exclusive=True, wait=False)
+        if fd is None:
+            continue
+        try:
+            removed.append(p)
+            if not dry_run:
+                shutil.rmtree(p, ignore_errors=True)
+            total -= size
+        finally:
+            unlock(fd)
+    return removed

@@ -1,0 +1,280 @@
+"""Issue 26: checkpoints move between nodes through an OCI registry, with no shared path.
+
+Real components: Debian's docker-registry (CNCF distribution) on loopback with htpasswd auth
+(tests/distribution.py), real runc + CRIU, the installed runc-grit. Two "nodes" on this
+machine (own state dirs, checkpoint roots, keys, registry credentials): A checkpoints and
+pushes, B restores by `grit.dev/restore-from: oci://...`, and the counter continues. Each
+failure (a tampered blob, a wrong digest, a missing blob, bad credentials, a registry that
+stops mid-pull, an untrusted signer, a checkpoint of another tenant, plain HTTP to a TLS
+registry) fails the create with its reason in the --log file and leaves nothing: no
+container, nothing in B's pull cache.
+"""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from runc_grit.registry import layout, reference
+
+from conftest import GRIT, Env
+from test_integration_runc import assert_continues, checkpoint, start_counter
+
+TAG = "v1"
+
+
+# --- in-process: references and the layout ---------------------------------------------------
+
+@pytest.mark.parametrize("text,want", [
+    ("oci://127.0.0.1:5000/ck/app:v1", ("127.0.0.1:5000", "ck/app", "v1", None)),
+    ("registry.example.com/a/b/c", ("registry.example.com", "a/b/c", None, None)),
+    ("localhost/x@sha256:" + "a" * 64, ("localhost", "x", None, "sha256:" + "a" * 64)),
+    ("r.io:443/x:t@sha256:" + "b" * 64, ("r.io:443", "x", "t", "sha256:" + "b" * 64)),
+])
+def test_reference_parse(text, want):
+    r = reference.parse(text)
+    assert (r.host, r.repo, r.tag, r.digest) == want
+    assert reference.parse(str(r)) == r
+
+
+@pytest.mark.parametrize("bad", ["app:v1", "oci://", "oci://host/UPPER", "/abs/path",
+                                 "h.io/x@sha256:short", "h.io/../x", "h.io/x:-t"])
+def test_reference_refuses(bad):
+    with pytest.raises(Exception, match="image reference"):
+        reference.parse(bad)
+
+
+def test_layout_splits_large_files_into_bounded_parts(tmp_path):
+    mb = 1 << 20
+    fd = os.open(str(tmp_path), os.O_RDONLY)
+    files = [("pages-1.img", fd, 150 * mb), ("core.img", fd, 10), ("pages-2.img", fd, 64 * mb),
+             ("mm.img", fd, 70 * mb)]
+    layers = layout.plan(files, fd, 100, [("config.dump", fd, 5)], 64 * mb)
+    os.close(fd)
+    assert [l.role for l in layers[:2]] == ["manifest", "meta"]
+    names = [[e.arcname for e in l.entries] for l in layers[2:]]
+    assert names[:3] == [["checkpoint/pages-1.img.grit-part-00000"],
+                         ["checkpoint/pages-1.img.grit-part-00001"],
+                         ["checkpoint/pages-1.img.grit-part-00002"]]
+    assert [e.length for l in layers[2:5] for e in l.entries] == [64 * mb, 64 * mb, 22 * mb]
+    assert all(sum(e.length for e in l.entries) <= 64 * mb for l in layers[2:])
+    # every part maps back to its file and offset, and nothing else does
+    sizes = {n: s for n, _, s in files}
+    assert layout.target_of("checkpoint/pages-1.img.grit-part-00002", sizes, 64 * mb) == \
+        ("pages-1.img", 128 * mb, 22 * mb)
+    for bad in ("checkpoint/pages-1.img", "checkpoint/pages-1.img.grit-part-00003",
+                "checkpoint/other.img", "config.dump", "checkpoint/../x",
+                "checkpoint/core.img.grit-part-00000"):
+        with pytest.raises(Exception):
+            layout.target_of(bad, sizes, 64 * mb)
+
+
+def test_layer_bytes_are_deterministic_tars(tmp_path):
+    import io
+    import tarfile
+    p = tmp_path / "f"
+    p.write_bytes(b"x" * 1000)
+    fd = os.open(str(p), os.O_RDONLY)
+    l1 = layout.plan([("f", fd, 1000)], fd, 1000, [], 64 << 20)[1]
+    data = b"".join(layout.chunks(l1))
+    assert len(data) == l1.size and data == b"".join(layout.chunks(l1))
+    os.close(fd)
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        [m] = t.getmembers()
+        assert (m.name, m.size, m.mtime, m.uid, m.mode) == ("checkpoint/f", 1000, 0, 0, 0o600)
+        assert t.extractfile(m).read() == b"x" * 1000
+
+
+# --- real registry, runc, CRIU ---------------------------------------------------------------
+
+def _have_registry():
+    return shutil.which("docker-registry") and shutil.which("htpasswd")
+
+
+@pytest.fixture
+def dist(workdir):
+    if not _have_registry():
+        pytest.skip("docker-registry / htpasswd not installed (install/deps.sh installs them)")
+    from distribution import Distribution
+    d = Distribution(os.path.join(workdir, "registry"))
+    yield d
+    d.stop()
+
+
+def node(workdir, name, dist, **registry):
+    """A node with its own state, checkpoint root, key and registry credentials."""
+    d = os.path.join(workdir, name)
+    os.makedirs(d)
+    e = Env(d)
+    auth = dist.write_auth_file(os.path.join(d, "auth.json"), **registry.pop("creds", {}))
+    conf = {"auth_file": auth, "insecure": [dist.host], "timeout": 60}
+    conf.update(registry)
+    e.write_config({"registry": conf})
+    e.cache = os.path.join(d, "staging", "oci-cache")
+    return e
+
+
+def grit(e, *args, timeout=180):
+    return subprocess.run(GRIT + list(args), capture_output=True, text=True, env=e.env,
+                          timeout=timeout)
+
+
+def _source(workdir, dist, annotations=None):
+    """Node A: a counter, checkpointed (it stops), pushed. Returns (a, bundle, output, ref,
+    push result)."""
+    a = node(workdir, "node-a", dist)
+    ba, out = start_counter(a, "app", "app", annotations=annotations)
+    assert out.wait_for(lambda r: len(r.ints()) >= 3)
+    img = os.path.join(a.ckroot, "app")
+    checkpoint(a, ba, "app", img)
+    out.closed()
+    a.grit.run(ba, "delete", "app")
+    p = grit(a, "push", "--json", "--blob-size", str(64 << 20), img, dist.ref("ck/app", TAG))
+    assert p.returncode == 0, p.stderr
+    return a, ba, out, img, json.loads(p.stdout)
+
+
+def _cache_names(e):
+    return sorted(os.listdir(e.cache)) if os.path.isdir(e.cache) else []
+
+
+def _refused(b, bundle_name, ref, rootfs_from, expect, annotations=None):
+    """A create on node b restoring from ref fails with expect in its --log, and leaves no
+    container and nothing in the pull cache."""
+    ann = {"grit.dev/restore-from": ref}
+    ann.update(annotations or {})
+    bb = b.bundle(bundle_name, annotations=ann, rootfs_from=rootfs_from)
+    p, _ = b.grit.create_with_pipes(bb, bundle_name)
+    err = b.grit.log_error(bb) or ""
+    assert p.returncode != 0, err
+    assert expect in err, err
+    assert b.grit.state(bundle_name) is None
+    assert [n for n in _cache_names(b) if not n.startswith("sha256-")] == [], _cache_names(b)
+    return err
+
+
+@pytest.mark.integration
+def test_two_nodes_checkpoint_push_then_restore_by_oci_reference(workdir, dist):
+    a, ba, out, img, pushed = _source(workdir, dist)
+    assert pushed["sent"] > 0 and pushed["skipped"] == 0, pushed
+    # pushing the same checkpoint again sends nothing: the registry holds every blob
+    again = json.loads(grit(a, "push", "--json", "--blob-size", str(64 << 20), img,
+                            dist.ref("ck/app", "v2")).stdout)
+    assert again["sent"] == 0 and again["skipped"] >= 3, again
+    assert again["digest"] == pushed["digest"]
+
+    # the image: checkpointctl's annotations, the signed manifest alone in layer 0
+    man = json.loads(dist.manifest("ck/app", TAG))
+    assert man["annotations"]["org.criu.checkpoint.container.name"] == "app"
+    assert man["layers"][0]["annotations"][layout.ROLE] == "manifest"
+
+    b = node(workdir, "node-b", dist)
+    b.trust(a)
+    ref = "oci://" + dist.ref("ck/app", TAG)
+    bb, out_b = start_counter(b, "app", "app", annotations={"grit.dev/restore-from": ref},
+                              rootfs_from=os.path.join(ba, "rootfs"))
+    assert out_b.wait_for(lambda r: len(r.ints()) >= 2)
+    assert_continues(out.ints(), out_b.ints())
+    # B's cache holds the pulled checkpoint under its digest, root-only
+    assert _cache_names(b) == ["sha256-" + pushed["digest"].split(":")[1]], _cache_names(b)
+    entry = os.path.join(b.cache, _cache_names(b)[0])
+    assert os.stat(entry).st_mode & 0o777 == 0o700
+    with open(os.path.join(img, "grit-manifest.json"), "rb") as f1, \
+            open(os.path.join(entry, "grit-manifest.json"), "rb") as f2:
+        assert f1.read() == f2.read()
+    b.grit.run(bb, "delete", "--force", "app")
+
+    # `runc-grit pull REF DIR`: the same files, verified
+    pulled = os.path.join(b.ckroot, "pulled")
+    p = grit(b, "pull", "--json", dist.ref("ck/app", TAG), pulled)
+    assert p.returncode == 0, p.stderr
+    for name in os.listdir(img):
+        if name.endswith(".img") or name == "grit-manifest.json":
+            assert open(os.path.join(img, name), "rb").read() == \
+                open(os.path.join(pulled, name), "rb").read(), name
+    assert grit(b, "pull", dist.ref("ck/app", TAG), pulled).returncode != 0  # exists
+
+    # by digest, from the cache: the registry is not needed any more
+    dist.stop()
+    ref_d = "oci://%s/ck/app@%s" % (dist.host, pushed["digest"])
+    bb2, out_c = start_counter(b, "app2", "app2", annotations={"grit.dev/restore-from": ref_d},
+                               rootfs_from=os.path.join(ba, "rootfs"))
+    assert out_c.wait_for(lambda r: len(r.ints()) >= 2)
+    assert_continues(out.ints(), out_c.ints())
+    b.grit.run(bb2, "delete", "--force", "app2")
+    # gc trims the cache to its bound
+    b.write_config({"registry": {"auth_file": os.path.join(b.dir, "auth.json"),
+                                 "insecure": [dist.host], "cache_bytes": 0}})
+    p = grit(b, "gc")
+    assert p.returncode == 0 and "beyond the cache bound" in p.stdout, (p.stdout, p.stderr)
+    assert _cache_names(b) == []
+    a.cleanup()
+    b.cleanup()
+
+
+@pytest.mark.integration
+def test_registry_failures_are_refused_and_leave_nothing(workdir, dist):
+    a, ba, out, img, pushed = _source(workdir, dist)
+    rootfs = os.path.join(ba, "rootfs")
+    man = json.loads(dist.manifest("ck/app", TAG))
+    files = [d for d in man["layers"] if d["annotations"][layout.ROLE] == "files"]
+    big = max(files, key=lambda d: d["size"])
+    ref = "oci://" + dist.ref("ck/app", TAG)
+
+    b = node(workdir, "node-b", dist)
+    b.trust(a)
+    # a wrong digest: no such manifest
+    _refused(b, "wrong", "oci://%s/ck/app@sha256:%s" % (dist.host, "0" * 64), rootfs,
+             "not found")
+    # bad credentials
+    bad = node(workdir, "node-bad", dist, creds={"password": "wrong"})
+    bad.trust(a)
+    _refused(bad, "creds", ref, rootfs, "unauthorized")
+    # plain HTTP is only for the registries the config lists: TLS otherwise
+    tls = node(workdir, "node-tls", dist, insecure=[])
+    tls.trust(a)
+    _refused(tls, "tls", ref, rootfs, "TLS")
+    # an untrusted signer: refused on the manifest layer, before any files blob is fetched
+    c = node(workdir, "node-c", dist)
+    before = dist.blob_gets()
+    _refused(c, "untrusted", ref, rootfs, "does not trust")
+    assert not any(d["digest"] in dist.blob_gets()[len(before):] for d in files)
+    # another tenant's checkpoint: refused before any files blob as well
+    before = dist.blob_gets()
+    _refused(b, "tenant", ref, rootfs, "tenant",
+             annotations={"io.kubernetes.cri.container-type": "container",
+                          "io.kubernetes.cri.sandbox-namespace": "other-team",
+                          "io.kubernetes.cri.container-name": "app"})
+    assert not any(d["digest"] in dist.blob_gets()[len(before):] for d in files)
+    # a registry that stops mid-pull
+    from distribution import CuttingProxy
+    proxy = CuttingProxy(dist.host, cut_after=big["size"] // 2)
+    try:
+        cut = node(workdir, "node-cut", dist, insecure=[proxy.host])
+        cut.write_config({"registry": {
+            "auth_file": dist.write_auth_file(os.path.join(cut.dir, "auth2.json"),
+                                              host=proxy.host),
+            "insecure": [proxy.host], "timeout": 60, "jobs": 1}})
+        cut.trust(a)
+        _refused(cut, "cut", "oci://%s/ck/app:%s" % (proxy.host, TAG), rootfs,
+                 "stopped sending")
+    finally:
+        proxy.stop()
+    # a missing blob
+    path = dist.blob_path(big["digest"])
+    saved = path + ".saved"
+    os.rename(path, saved)
+    _refused(b, "missing", ref, rootfs, "not found")
+    # a tampered blob: one byte flipped in the registry's storage
+    os.rename(saved, path)
+    with open(path, "r+b") as f:
+        f.seek(big["size"] // 2)
+        x = f.read(1)
+        f.seek(big["size"] // 2)
+        f.write(bytes([x[0] ^ 0xFF]))
+    err = _refused(b, "tampered", ref, rootfs, "refused")
+    assert "does not match" in err, err
+    assert _cache_names(b) == []
+    a.cleanup()
+    b.cleanup()
