@@ -168,6 +168,17 @@ def run_counter(cri, name, image, log_dir, script=COUNTER, devices=()):
     return pod, cfg, cid
 
 
+def start_restored(cri, cid, log):
+    """StartContainer of a restore; the counter values it logged since, once there are 3."""
+    t1 = time.time()
+    cri.start(cid)
+
+    def restored():
+        return [v for t, v in cri_log(log) if t >= t1]
+    assert wait(lambda: len(restored()) >= 3), (cri_log(log)[-5:], cri.ctrd.log_tail())
+    return restored()
+
+
 def test_cri_checkpoint_then_restore_into_a_new_pod_continues(cri21, workdir):
     """CheckpointContainer of a running counter through runc-grit; the archive carries
     runc-grit's manifest; CreateContainer(image = the archive) + StartContainer in a new pod
@@ -234,13 +245,7 @@ def test_cri_checkpoint_then_restore_into_a_new_pod_continues(cri21, workdir):
 
     # restore: a new pod, CreateContainer with the archive as its image, StartContainer
     pod2, _, c2 = run_counter(cri, "dst", archive, os.path.dirname(log2))
-    t1 = time.time()
-    cri.start(c2)
-
-    def restored():
-        return [v for t, v in cri_log(log2) if t >= t1]
-    assert wait(lambda: len(restored()) >= 3), (cri_log(log2)[-5:], cri.ctrd.log_tail())
-    got = restored()
+    got = start_restored(cri, c2, log2)
     # the dump froze the counter at some N between the last line seen before the call and
     # the last line seen after it (the source went on after containerd's resume) ...
     assert before + 1 <= got[0] <= after + 1, (before, after, got[:3])
@@ -371,10 +376,7 @@ def test_cri_checkpoint_of_a_gpu_container_thaws_it_for_cuda(cri21, workdir):
     # that grants none is refused)
     pod2, _, c2 = run_counter(cri, "dst", archive, os.path.dirname(log2),
                               devices=[("/dev/null", "/dev/nvidia0")])
-    t1 = time.time()
-    cri.start(c2)
-    assert wait(lambda: len([v for t, v in cri_log(log2) if t >= t1]) >= 3), cri.ctrd.log_tail()
-    got = [v for t, v in cri_log(log2) if t >= t1]
+    got = start_restored(cri, c2, log2)
     assert got[:3] == [got[0], got[0] + 1, got[0] + 2] and got[0] > 5, got[:5]
     after = calls()[len(src):]
     restored = sorted({c["pid"] for c in after})
@@ -463,13 +465,7 @@ def test_cri_restores_a_checkpoint_image_pushed_by_runc_grit(cri21, workdir):
         # kubelet: PullImage with the pull secret's credentials, then the pod
         cri.pull(image, auth=(dist.user, dist.password))
         _, _, c2 = run_counter(cri, "dst", image, os.path.dirname(log2))
-        t1 = time.time()
-        cri.start(c2)
-
-        def restored():
-            return [v for t, v in cri_log(log2) if t >= t1]
-        assert wait(lambda: len(restored()) >= 3), (cri_log(log2)[-5:], cri.ctrd.log_tail())
-        got = restored()
+        got = start_restored(cri, c2, log2)
         assert got[:3] == [got[0], got[0] + 1, got[0] + 2], got[:5]
         assert got[0] <= values(log1)[-1] + 1
         kinds = [k for k, _ in commands(cri.record, c2)]

@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ from gpu.gpuctr import APP_DIR, make_gpu_bundle, read_steps, wait_steps  # noqa:
 from runc_grit.gpu.helper import BuiltinHelper  # noqa: E402
 
 from conftest import Env  # noqa: E402
+from distribution import free_port  # noqa: E402
 
 WHERE = {"disk": "/var/tmp", "tmpfs": "/dev/shm", "hugetmpfs": "/mnt/rg-bench-huge"}
 THP = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -81,14 +81,6 @@ def start_app(size_gib, log):
     return p
 
 
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def raw(size_gib, work, criu="criu", stream=False, sync=False):
     h = BuiltinHelper()
     log = os.path.join(work, "raw.log")
@@ -100,7 +92,7 @@ def raw(size_gib, work, criu="criu", stream=False, sync=False):
     server = None
     extra = []
     if stream:  # the receiving node's CRIU writes what the dumping one sends
-        port = _free_port()
+        port = free_port()
         recv = os.path.join(work, "recv-img")
         os.makedirs(recv)
         server = subprocess.Popen([criu, "page-server", "-D", recv, "--address", "127.0.0.1",

@@ -207,8 +207,10 @@ def release(image_dir, conf):
     """After a restore: a staged copy goes (a source used in place stays; a pulled one
     stays in the cache, unlocked)."""
     staging.discard(image_dir, conf.staging_dir)
-    from runc_grit.registry import pull
-    pull.release(image_dir)
+    import sys
+    pull = sys.modules.get("runc_grit.registry.pull")  # loaded only by a registry restore
+    if pull is not None:
+        pull.release(image_dir)
 
 
 def _root_of(real, roots):

@@ -62,7 +62,7 @@ def _copy_range(job):
 PREFIX = "restore-"
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -84,7 +84,7 @@ def sweep(staging_dir, dry_run=False):
         parts = name.split("-")
         if not name.startswith(PREFIX) or len(parts) < 3 or not parts[1].isdigit():
             continue
-        if int(parts[1]) != os.getpid() and not _pid_alive(int(parts[1])):
+        if int(parts[1]) != os.getpid() and not pid_alive(int(parts[1])):
             path = os.path.join(staging_dir, name)
             if not dry_run:
                 shutil.rmtree(path, ignore_errors=True)

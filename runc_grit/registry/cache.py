@@ -73,16 +73,9 @@ def unlock(fd):
 
 
 def _pid_gone(name):
+    from runc_grit.checkpoint.staging import pid_alive
     pid = name[len(INCOMING):].split("-", 1)[0]
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return pid.isdigit() and not pid_alive(int(pid))
 
 
 def _size(path):

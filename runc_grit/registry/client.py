@@ -192,9 +192,6 @@ class Client:
 
     # --- the API
 
-    def ping(self):
-        self.request("GET", "%s://%s/v2/" % (self.base.split(":", 1)[0], self.host))
-
     def get_manifest(self, reference):
         """(bytes, media type, digest) of a manifest, at most MANIFEST_LIMIT bytes."""
         r = self.request("GET", "%s/manifests/%s" % (self.base, reference), stream=True,
