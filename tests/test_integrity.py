@@ -69,6 +69,80 @@ def test_signed_checkpoint_restores(senv):
     assert criu_ran and senv.grit.run(b, "start", "ok").returncode == 0
     assert out.wait_for(lambda r: len(r.ints()) >= 2)
     assert_continues(senv.src_out.ints(), out.ints())
+    # the page images were hashed while CRIU restored, and CRIU's post-restore waited for it
+    st = json.load(open(os.path.join(senv.state_dir, "ok", "state.json")))
+    assert st["timings"]["pages_verify_s"] >= 0, st
+    hooks = [json.loads(ln) for ln in open(os.path.join(senv.state_dir, "ok", "hooks.jsonl"))]
+    assert any(h.get("pages_gate") == "passed" for h in hooks), hooks
+
+
+BIG_COUNTER = ('s = "ab"; while (length(s) < 100000000) s = s s; '
+               'for (i = 1; ; i++) { print i; fflush(); system("sleep 0.1") }')
+
+
+@pytest.mark.integration
+def test_pages_hashed_during_the_dump_verify_at_the_restore(workdir):
+    """A process with 128 MiB of heap: its pages image spans whole 64 MiB chunks, which
+    runc-grit hashes while CRIU writes them (tailhash); the signed manifest's digests are
+    those, and a restore checks them all (beside CRIU) before the counter goes on."""
+    e = Env(workdir)
+    try:
+        b, out = start_counter(e, "big", "big",
+                               args=["busybox", "awk", "BEGIN { %s }" % BIG_COUNTER])
+        assert out.wait_for(lambda r: len(r.ints()) >= 3, timeout=60)
+        img = os.path.join(e.ckroot, "big")
+        checkpoint(e, b, "big", img)
+        out.closed()
+        e.grit.run(b, "delete", "big")
+        m = json.load(open(os.path.join(img, _manifest.NAME)))
+        pages = [i for i in m["images"] if _manifest.is_page_data(i["name"])]
+        assert any(len(i.get("sha256_chunks", {}).get("digests", [])) >= 2 for i in pages), pages
+        assert m["timings"]["pages_hashed_during_dump"] >= 0
+        print("chunks hashed during the dump:", m["timings"]["pages_hashed_during_dump"])
+        b2 = e.bundle("big2", annotations={"grit.dev/restore-from": img},
+                      rootfs_from=os.path.join(b, "rootfs"))
+        p, out2 = e.grit.create_with_pipes(b2, "big2")
+        assert p.returncode == 0, e.grit.log_error(b2)
+        assert e.grit.run(b2, "start", "big2").returncode == 0
+        assert out2.wait_for(lambda r: len(r.ints()) >= 2, timeout=60)
+        assert_continues(out.ints(), out2.ints())
+        e.grit.run(b2, "delete", "--force", "big2")
+    finally:
+        e.cleanup()
+
+
+HOOK = os.path.join(os.path.dirname(integrity.__file__), os.pardir, "hooks", "grit-hook")
+
+
+@pytest.mark.parametrize("verdict,pid,rc", [
+    ("ok TOKEN", "self", 0),
+    ("bad TOKEN", "self", 1),
+    ("ok ANOTHER-RESTORE", "self", 1),
+    ("ok TOKEN trailing", "self", 1),
+    (None, "dead", 1),        # runc-grit gone before its verdict
+    (None, "self", 1),        # no verdict within the wait
+])
+def test_post_restore_gate(tmp_path, verdict, pid, rc):
+    """CRIU's action script at post-restore lets the tasks resume only on this restore's
+    "ok" (checkpoint.pagecheck)."""
+    path = str(tmp_path / "pages-verdict")
+    if verdict is not None:
+        with open(path, "w") as f:
+            f.write(verdict + "\n")
+    if pid == "dead":
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        pid = dead.pid
+    else:
+        pid = os.getpid()
+    env = dict(os.environ, CRTOOLS_SCRIPT_ACTION="post-restore", CRTOOLS_INIT_PID="1",
+               RUNC_GRIT_STATE=str(tmp_path), RUNC_GRIT_PAGES_VERDICT=path,
+               RUNC_GRIT_PAGES_TOKEN="TOKEN", RUNC_GRIT_PAGES_PID=str(pid),
+               RUNC_GRIT_PAGES_WAIT="0")
+    p = subprocess.run(["sh", HOOK], env=env, capture_output=True, text=True, timeout=30)
+    assert p.returncode == rc, p.stderr
+    journal = tmp_path / "hooks.jsonl"
+    assert ("pages_gate" in journal.read_text() if journal.exists() else False) == (rc == 0)
 
 
 def _flip_pages(e):
@@ -112,8 +186,8 @@ def _unsigned(e):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("tamper", [_flip_pages, _remove_file, _edit_manifest, _wrong_key,
-                                    _unsigned], ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize("tamper", [_remove_file, _edit_manifest, _wrong_key, _unsigned],
+                         ids=lambda f: f.__name__.strip("_"))
 def test_tampered_checkpoint_is_refused_before_criu(senv, tamper):
     want = tamper(senv)
     p, _, b, criu_ran = restore(senv, "bad")
@@ -121,6 +195,28 @@ def test_tampered_checkpoint_is_refused_before_criu(senv, tamper):
     assert want in senv.grit.log_error(b), senv.grit.log_error(b)
     assert not criu_ran, "CRIU ran on a tampered checkpoint"
     assert senv.grit.state("bad") is None
+
+
+@pytest.mark.integration
+def test_flipped_page_byte_never_resumes(senv):
+    """The page images are hashed while CRIU restores (page_digests: overlap, the default):
+    CRIU runs, but the tasks it restored never resume: the action script holds them at
+    post-restore until the verdict, which is a mismatch. No value is printed, no container
+    stays. With page_digests: before, CRIU does not run at all."""
+    want = _flip_pages(senv)
+    p, out, b, criu_ran = restore(senv, "bad")
+    assert p.returncode != 0
+    assert want in senv.grit.log_error(b), senv.grit.log_error(b)
+    assert criu_ran
+    assert out.closed(10) and out.ints() == [], out.lines  # nothing resumed, stdio closed
+    assert senv.grit.state("bad") is None
+    assert not os.path.exists(os.path.join(senv.state_dir, "bad"))
+    import yaml
+    senv.write_config(dict(yaml.safe_load(open(senv.config_path)), page_digests="before"))
+    p, _, b, criu_ran = restore(senv, "bad2")
+    assert p.returncode != 0
+    assert want in senv.grit.log_error(b), senv.grit.log_error(b)
+    assert not criu_ran, "CRIU ran on a tampered checkpoint"
 
 
 def _resign(e, edit):

@@ -16,6 +16,7 @@ import subprocess
 
 import pytest
 
+from runc_grit.cli.harness import PipeReader
 from runc_grit.registry import layout, reference
 
 from conftest import GRIT, Env
@@ -278,3 +279,107 @@ def test_registry_failures_are_refused_and_leave_nothing(workdir, dist):
     assert _cache_names(b) == []
     a.cleanup()
     b.cleanup()
+
+
+def _split(img, name, n):
+    """img/name as containerd unpacks a file pushed in n parts: NAME.grit-part-0000K."""
+    data = open(os.path.join(img, name), "rb").read()
+    step = -(-len(data) // n)
+    for k in range(n):
+        with open(os.path.join(img, "%s%s%05d" % (name, layout.PART, k)), "wb") as f:
+            f.write(data[k * step:(k + 1) * step])
+    os.unlink(os.path.join(img, name))
+    return data
+
+
+@pytest.mark.integration
+def test_direct_restore_joins_parts_and_refuses_planted_ones(workdir):
+    """containerd's CRI restore hands runc-grit an unpacked checkpoint image: a file pushed in
+    parts is there in parts. They are joined through the dir's descriptor; a part that is a
+    symlink (to a node file), a FIFO or of the wrong length is refused, the target is
+    untouched, no half-joined file stays, no container is made."""
+    e = Env(os.path.join(workdir, "node"))
+    b, out = start_counter(e, "joinsrc", "joinsrc")
+    try:
+        _direct_restore_parts(e, b, out, workdir)
+    finally:
+        for cid in ("joinsrc", "good"):
+            e.grit.run(None, "delete", "--force", cid)
+        e.cleanup()
+
+
+def _direct_restore_parts(e, b, out, workdir):
+    assert out.wait_for(lambda r: len(r.ints()) >= 3)
+    img = os.path.join(e.ckroot, "img")
+    checkpoint(e, b, "joinsrc", img)   # the counter stops at a value
+    out.closed()
+    e.grit.run(b, "delete", "joinsrc")
+    pages = sorted(n for n in os.listdir(img) if n.startswith("pages-"))[0]
+    part = lambda d, k: os.path.join(d, "%s%s%05d" % (pages, layout.PART, k))  # noqa: E731
+
+    def direct(d, cid, stdout=subprocess.PIPE):
+        bd = e.bundle(cid, annotations={"io.kubernetes.cri.container-type": "container"},
+                      rootfs_from=os.path.join(b, "rootfs"))
+        p = e.grit.run(bd, "restore", "--detach", "--bundle", bd, "--image-path", d,
+                       "--work-path", d + "-w", cid, stdout=stdout)
+        return p, bd
+
+    def refused(d, cid, expect):
+        p, bd = direct(d, cid)
+        err = e.grit.log_error(bd) or ""
+        assert p.returncode != 0 and expect in err, err
+        assert e.grit.state(cid) is None
+        assert not os.path.exists(os.path.join(d, pages)), "a half-joined file stayed"
+
+    # a symlink part to a node file of the right size: never followed, the file untouched
+    target = os.path.join(workdir, "node-secret")
+    link = os.path.join(e.ckroot, "link")
+    shutil.copytree(img, link)
+    data = _split(link, pages, 2)
+    with open(target, "wb") as f:
+        f.write(open(part(link, 1), "rb").read())
+    before = os.stat(target)
+    os.unlink(part(link, 1))
+    os.symlink(target, part(link, 1))
+    refused(link, "link", "is not a regular file (a symlink)")
+    after = os.stat(target)
+    assert (after.st_mtime_ns, after.st_size, after.st_nlink) == \
+        (before.st_mtime_ns, before.st_size, before.st_nlink)
+    assert os.path.islink(part(link, 1))
+    # a FIFO part (refused at once, never opened for reading), a short part (the parts do
+    # not make the listed size), a part that is a dir
+    def fifo(path):
+        os.unlink(path)
+        os.mkfifo(path)
+
+    def short(path):
+        with open(path, "r+b") as f:
+            f.truncate(1)
+
+    def subdir(path):
+        os.unlink(path)
+        os.mkdir(path)
+
+    for name, n, k, plant, why in [("fifo", 2, 0, fifo, "is not a regular file (a FIFO)"),
+                                   ("short", 3, 1, short, "do not make its"),
+                                   ("sub", 2, 1, subdir, "not a regular file")]:
+        d = os.path.join(e.ckroot, name)
+        shutil.copytree(img, d)
+        _split(d, pages, n)
+        plant(part(d, k))
+        refused(d, name, why)
+
+    # the real parts: joined (the parts go), verified against the signed digests, restored
+    good = os.path.join(e.ckroot, "good")
+    shutil.copytree(img, good)
+    assert _split(good, pages, 3) == open(os.path.join(img, pages), "rb").read()
+    r, w = os.pipe()   # the restored counter writes to the restore's stdout
+    p, bd = direct(good, "good", stdout=w)
+    os.close(w)
+    assert p.returncode == 0, e.grit.log_error(bd)
+    out_b = PipeReader(r)
+    assert out_b.wait_for(lambda rd: len(rd.ints()) >= 2)
+    assert_continues(out.ints(), out_b.ints())
+    assert open(os.path.join(good, pages), "rb").read() == data
+    assert not [n for n in os.listdir(good) if layout.PART in n]
+    assert e.grit.state("good")["status"] == "running"

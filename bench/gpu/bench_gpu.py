@@ -14,6 +14,8 @@ For each size (GiB of VRAM held by tests/gpu/app.py) and each variant:
           docker-registry on loopback (auth on, storage beside the images) and restored into
           a third container from `grit.dev/restore-from: oci://...` with a cold pull cache:
           push and pull throughput, restore-from-registry against restore-from-local-dir.
+  grit-before  grit with `page_digests: before`: every digest checked before CRIU runs (the
+          default, `overlap`, checks the memory pages beside CRIU and gates the resume).
   stream  raw, the pages sent by `criu dump --page-server` to `criu page-server` on loopback:
           no dump to disk then read; the receiving side writes the image the restore reads.
 Variants: CRIU binaries (BENCH_CRIUS="4.1=/path 4.2=/path 4.3=/path"; default: the criu on
@@ -128,8 +130,13 @@ def raw(size_gib, work, criu="criu", stream=False, sync=False):
     return r
 
 
-def grit(size_gib, work, criu=None, sync=False, procs=1, registry=False):
+GRIT_MODES = ("grit", "grit2", "grit-before", "registry")
+
+
+def grit(size_gib, work, criu=None, sync=False, procs=1, registry=False, page_digests=None):
     conf = {"cuda": {"lock_timeout_ms": 20000}, "staging_dir": os.path.join(work, "staging")}
+    if page_digests:
+        conf["page_digests"] = page_digests
     if criu and criu != "criu":
         conf["criu"] = criu
     e = Env(os.path.join(work, "g"), conf)
@@ -217,6 +224,7 @@ def _registry(e, conf, size_gib, work, img, bundles):
                             ref], capture_output=True, text=True, env=e.env, timeout=900)
         assert p.returncode == 0, p.stderr
         pushed = json.loads(p.stdout)
+        shutil.rmtree(img)  # node B has no local copy: host memory as in the local restore
         for cid in list(bundles):   # the local restore's container gives its GPU memory back
             e.grit.run(bundles.pop(cid), "delete", "--force", cid)
         logs = os.path.join(work, "logs")
@@ -233,7 +241,12 @@ def _registry(e, conf, size_gib, work, img, bundles):
         state = json.load(open(os.path.join(e.state_dir, "reg", "state.json")))
         after = wait_steps(log, s + 2, timeout=600)
         pulled = state.get("timings", {}).get("verify_s", 0)
-        return {"push_s": pushed["seconds"], "push_digest_s": pushed["digest_s"],
+        try:
+            with open(os.path.join(e.state_dir, "reg", "cuda-restore.json")) as f:
+                timings = json.load(f)["timings"]
+        except (OSError, ValueError, KeyError):
+            timings = {}
+        return {"restore_timings": dict(timings, **state.get("timings", {})),"push_s": pushed["seconds"], "push_digest_s": pushed["digest_s"],
                 "bytes": pushed["bytes"], "push_GBps": pushed["bytes"] / pushed["seconds"] / 1e9,
                 "restore": restore, "pull_s": pulled,
                 "pull_GBps": pushed["bytes"] / pulled / 1e9 if pulled else None,
@@ -268,9 +281,10 @@ def run(gib, v):
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     try:
-        if v["mode"] in ("grit", "grit2", "registry"):
+        if v["mode"] in GRIT_MODES:
             return grit(gib, work, v["criu_path"], v["sync"], procs=2 if v["mode"] == "grit2" else 1,
-                        registry=v["mode"] == "registry")
+                        registry=v["mode"] == "registry",
+                        page_digests="before" if v["mode"] == "grit-before" else None)
         return raw(gib, work, v["criu_path"], stream=v["mode"] == "stream", sync=v["sync"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -316,15 +330,17 @@ def main():
                 gib, v["mode"], v["criu"], v["where"], v.get("thp"), r["error"].replace("|", "/")))
             continue
         down = r["checkpoint"] + r["restore"]
-        if v["mode"] in ("grit", "grit2", "registry"):
+        if v["mode"] in GRIT_MODES:
             t = r["timings"]
             rt = r["restore_timings"]
             detail = ("CUDA ckpt %.2f s (in pre-dump), manifest %.2f s; restore: %s + verify "
-                      "%.2f s, checks %.2f s, runc %.2f s (CUDA %.2f s of it)" % (
+                      "%.2f s, checks %.2f s, runc %.2f s (CUDA %.2f s of it%s)" % (
                           t.get("cuda_checkpoint_s", 0), t.get("manifest_s", 0),
                           "copy" if rt.get("staged") else "in place", rt.get("verify_s", 0),
                           rt.get("checks_s", 0), rt.get("runtime_restore_s") or 0,
-                          rt.get("cuda_restore_s", 0)))
+                          rt.get("cuda_restore_s", 0),
+                          "; page digests %.2f s beside CRIU" % rt["pages_verify_s"]
+                          if rt.get("pages_verify_s") is not None else ""))
         else:
             detail = "CUDA ckpt %.2f s, criu dump %.2f s; criu restore %.2f s, CUDA restore %.2f s" % (
                 r["cuda_ckpt"], r["criu_dump"], r["criu_restore"], r["cuda_restore"])

@@ -53,9 +53,9 @@ CHUNK = 64 << 20
 
 
 def _sha256_range(job, bufsize=4 << 20):
-    path, offset, length = job
+    path, offset, length = job   # path: a name, or a descriptor the caller keeps open
     h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         end = offset + length
         while offset < end:
@@ -65,28 +65,33 @@ def _sha256_range(job, bufsize=4 << 20):
             h.update(b)
             offset += len(b)
     finally:
-        os.close(fd)
+        if fd is not path:
+            os.close(fd)
     return h.hexdigest()
 
 
-def digests(files, workers=None):
+def digests(files, workers=None, known=None):
     """{path: digest} for files = {path: chunk size or None}: the sha256 of a whole file
     (None, or a file no larger than its chunk size), else the list of the sha256 of each
-    chunk. Every chunk of every file is hashed in parallel, one thread per core."""
+    chunk. Every chunk of every file is hashed in parallel, one thread per core. known:
+    {path: digests of its first whole chunks}, taken already (while CRIU wrote the file)."""
     jobs, shape = [], {}
     for path, chunk in files.items():
         size = os.stat(path).st_size
         if not chunk or size <= chunk:
-            shape[path] = (len(jobs), None)
+            shape[path] = ([], len(jobs), None)
             jobs.append((path, 0, size))
         else:
             n = (size + chunk - 1) // chunk
-            shape[path] = (len(jobs), n)
-            jobs += [(path, i * chunk, min(chunk, size - i * chunk)) for i in range(n)]
+            have = list((known or {}).get(path) or [])[:size // chunk]
+            shape[path] = (have, len(jobs), n - len(have))
+            jobs += [(path, i * chunk, min(chunk, size - i * chunk))
+                     for i in range(len(have), n)]
     workers = workers or (os.cpu_count() or 1)
     with ThreadPoolExecutor(max(1, min(workers, len(jobs) or 1))) as pool:
         sums = list(pool.map(_sha256_range, jobs))
-    return {p: sums[i] if n is None else sums[i:i + n] for p, (i, n) in shape.items()}
+    return {p: sums[i] if n is None else have + sums[i:i + n]
+            for p, (have, i, n) in shape.items()}
 
 
 def canonical(m):

@@ -25,8 +25,11 @@ def now_rfc3339():
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % int((t % 1) * 1000)
 
 
-def list_images(image_dir, digest=False):
-    out, paths = [], []
+def list_images(image_dir, digest=False, hashed=None):
+    """Every image file with its size, and its digests when asked. hashed: what
+    tailhash.TailHash took during the dump ({name: ((st_dev, st_ino), chunk digests)}), used
+    for a file that is still that inode."""
+    out, paths, known = [], [], {}
     for name in sorted(os.listdir(image_dir)):
         if name in NOT_IMAGES or name.startswith("."):
             continue
@@ -36,8 +39,11 @@ def list_images(image_dir, digest=False):
             continue
         out.append({"name": name, "size": st.st_size})
         paths.append(p)
+        ident, chunks = (hashed or {}).get(name, (None, None))
+        if chunks and ident == (st.st_dev, st.st_ino):
+            known[p] = chunks
     if digest:
-        sums = digests({p: CHUNK for p in paths})
+        sums = digests({p: CHUNK for p in paths}, known=known)
         for item, p in zip(out, paths):
             if isinstance(sums[p], list):  # a large file: the sha256 of each CHUNK bytes
                 item["sha256_chunks"] = {"size": CHUNK, "digests": sums[p]}
@@ -190,9 +196,12 @@ def load(image_dir):
     return m
 
 
-def check_files(image_dir, m, digest=False, where=None):
+def check_files(image_dir, m, digest=False, where=None, defer=None):
     """Every image the manifest lists is there, a regular file, of the listed size (and hash).
-    where: how errors name the checkpoint (default: "restore source IMAGE_DIR")."""
+    where: how errors name the checkpoint (default: "restore source IMAGE_DIR"). defer: a
+    list that takes the page images' items (is_page_data) instead of hashing them now: the
+    caller checks them with check_digests while the runtime restores, and gates the resume
+    on the result (checkpoint.pagecheck)."""
     where = where or "restore source %s" % image_dir
     for item in m["images"]:
         p = os.path.join(image_dir, item["name"])
@@ -209,14 +218,28 @@ def check_files(image_dir, m, digest=False, where=None):
                             % (where, item["name"], st.st_size, item["size"]))
     if digest:
         listed = [i for i in m["images"] if has_digest(i)]
-        paths = {os.path.join(image_dir, i["name"]): (i.get("sha256_chunks") or {}).get("size")
-                 for i in listed}
-        sums = digests(paths)
-        for item in listed:
-            want = item.get("sha256") or item["sha256_chunks"]["digests"]
-            if sums[os.path.join(image_dir, item["name"])] != want:
-                raise SourceError("%s: image %s does not match its sha256 in the "
-                                "manifest" % (where, item["name"]))
+        if defer is not None:
+            defer += [i for i in listed if is_page_data(i["name"])]
+            listed = [i for i in listed if not is_page_data(i["name"])]
+        check_digests(image_dir, listed, where)
+
+
+def is_page_data(name):
+    """CRIU's page contents (pages-N.img): bytes copied into the restored memory, never
+    parsed by CRIU (pagemap-N.img, which says where they go, is)."""
+    return name.startswith("pages-") and name.endswith(".img")
+
+
+def check_digests(image_dir, items, where):
+    """Each listed item's content (whole, or in chunks) against its digest; SourceError."""
+    paths = {os.path.join(image_dir, i["name"]): (i.get("sha256_chunks") or {}).get("size")
+             for i in items}
+    sums = digests(paths)
+    for item in items:
+        want = item.get("sha256") or item["sha256_chunks"]["digests"]
+        if sums[os.path.join(image_dir, item["name"])] != want:
+            raise SourceError("%s: image %s does not match its sha256 in the "
+                            "manifest" % (where, item["name"]))
 
 
 def has_digest(item):

@@ -90,7 +90,7 @@ def _digests_wanted(conf, signed):
     return getattr(conf, "verify", "size") == "digest" or signed
 
 
-def validate(path, conf, image_format="CRIU", spec=None):
+def validate(path, conf, image_format="CRIU", spec=None, deferred=None):
     """(image dir to restore from, manifest or None, the source's real path) for a restore
     source, or GritError(kind=source). image_format: what the restoring runtime reads, CRIU
     images or gVisor's checkpoint.img. spec: the destination's (its tenant and image).
@@ -101,7 +101,9 @@ def validate(path, conf, image_format="CRIU", spec=None):
     made the dir and nothing changed since (provenance), the dir in place; last the images and
     every file's digest, on what the runtime will read. The caller restores from the dir
     returned and then hands it to release(). An oci:// source is pulled (registry.pull: the
-    same checks, made while it streams) into the root-only cache, and read there."""
+    same checks, made while it streams) into the root-only cache, and read there.
+    deferred: a list that takes the page images whose digests are left to the caller
+    (checkpoint.pagecheck), instead of being checked here."""
     from runc_grit.registry import reference
     if reference.is_oci(path):
         return _from_registry(path, conf, image_format, spec)
@@ -136,7 +138,8 @@ def validate(path, conf, image_format="CRIU", spec=None):
     try:
         images.check(here, image_format)
         if m is not None:
-            _manifest.check_files(here, m, digest=_digests_wanted(conf, signed), where=where)
+            _manifest.check_files(here, m, digest=_digests_wanted(conf, signed), where=where,
+                                  defer=deferred)
     except BaseException:
         release(here, conf)
         raise

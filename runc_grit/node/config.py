@@ -25,6 +25,7 @@ DEFAULTS = {
     "trusted_keys": ["/etc/runc-grit/trusted.d"],
     "require_signature": True,
     "staging": "auto",
+    "page_digests": "overlap",
     "staging_dir": "/var/lib/runc-grit/staging",
     "tenant_transfers": [],
     "max_checkpoint_age": 0,

@@ -243,6 +243,9 @@ def join_parts(src, items):
                             raise RegistryError("%s: %s shrank" % (src.where, name))
                         off += k
                     pos += n
+            except BaseException:
+                os.unlink(name, dir_fd=src.fd)  # no half-joined file left behind
+                raise
             finally:
                 os.close(out)
         finally:

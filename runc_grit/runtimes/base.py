@@ -110,6 +110,9 @@ class Runtime:
     deletes_checkpointed = False
     # acts on NVIDIA_VISIBLE_DEVICES (gpu.grants)
     nvidia_runtime = False
+    # runs CRIU's action script at post-restore, where it holds the tasks until the page
+    # images' digests matched (checkpoint.pagecheck)
+    gates_resume = False
 
     def __init__(self, delegate):
         self.delegate = delegate

@@ -15,7 +15,7 @@ container thawed) and raises.
 import os
 import time
 
-from runc_grit.checkpoint import manifest
+from runc_grit.checkpoint import manifest, tailhash
 from runc_grit.errors import GritError
 
 
@@ -37,6 +37,7 @@ class Checkpoint:
         self.resumed = []   # pids whose CUDA state was resumed (rolled back)
         self.argv = None        # runsc: its checkpoint argv, translated up front
         self.manifest = None
+        self.hashed = {}   # page images' chunk digests taken during the dump (tailhash)
         self.thaw_for_cuda = False  # runc: a paused container thawed for CUDA's steps
         self.spec = None        # runsc: the bundle's spec
         self.helper, self.frozen = None, []  # runsc: the sandbox helper, CUDA pids frozen
@@ -50,8 +51,14 @@ def run(req):
     with req.state:
         manifest.prepare_dir(job.image_dir, "checkpoint of %s" % req.cid)
         with runtime.checkpoint_guard(job):
+            tail = None
+            if not job.pre_dump and manifest.digests_wanted(req.conf):
+                tail = tailhash.TailHash(job.image_dir).start()
             try:
-                runtime.dump(job)
+                try:
+                    runtime.dump(job)
+                finally:
+                    job.hashed = tail.finish() if tail is not None else {}
                 if job.pre_dump:
                     return 0
                 commit(job)
@@ -73,8 +80,10 @@ def commit(job):
     if runtime.captures_rootfs_diff and rootfs:
         from runc_grit.checkpoint import rootfsdiff
         diff = rootfsdiff.capture(rootfs, job.image_dir)
-    images = manifest.list_images(job.image_dir, digest=manifest.digests_wanted(conf))
+    images = manifest.list_images(job.image_dir, digest=manifest.digests_wanted(conf),
+                                  hashed=job.hashed)
     job.timings["manifest_s"] = time.monotonic() - t0
+    job.timings["pages_hashed_during_dump"] = sum(len(c) for _, c in job.hashed.values())
     engine, gpu = runtime.manifest_sections(job)
     m = manifest.build(req.cid, job.annotations, job.bundle, runtime.describe(conf.state_dir),
                        engine, images, job.timings, leave_running=job.leave_running, gpu=gpu)

@@ -2,12 +2,14 @@
 `restore` called directly (containerd's own restore, CRI restores), for every runtime.
 
   begin     the bundle made ready (runc: its CRIU config)          Runtime.restore_begins
-  stage     on create: the source checked and staged (source.validate);
+  stage     on create: the source checked and staged (source.validate),
+            the page images' digests left running (pagecheck);
             direct: the caller's image dir verified in place          Runtime.stage_given
   check     what the destination must have (privileges, compat,
             GPUs, rootfs diff, CRIU lines)                             Runtime.check_restore
   prepare   the runtime's restore argv; the state record written       Runtime.restore_argv
-  run       the runtime's restore                                      Runtime.run_restore
+  run       the runtime's restore; its tasks resume once the page
+            digests matched (the action script waits at post-restore)  Runtime.run_restore
   post      is it a restore of this container? (CUDA resumed,
             read-only root, namespaces)                                Runtime.restored_problem
 
@@ -17,7 +19,7 @@ container from scratch) and removes the state of a direct restore; a failed run 
 """
 import time
 
-from runc_grit.checkpoint import source
+from runc_grit.checkpoint import pagecheck, source
 from runc_grit.errors import GritError, RestoreError
 
 
@@ -30,6 +32,7 @@ class Restore:
         self.detach = inv.command == "create" or inv.has("detach")
         self.image_dir = self.real = self.manifest = None
         self.staged = False     # image_dir is source.validate's: released at the end
+        self.page_check = None  # the page images' digests, checked while the runtime runs
         self.pairs = None       # GPU device pairs (gpu.destination), for the action script
         self.cuda_pids = []     # runsc: CUDA processes to thaw inside the sandbox
         self.env = {}           # extra environment of the runtime's restore
@@ -65,6 +68,8 @@ def run(req, on_create):
         job.elapsed = time.monotonic() - t0
         return finish(job, rc) if on_create else finish_direct(job, rc)
     finally:
+        if job.page_check is not None:
+            job.page_check.wait()  # it reads the staged copy: done before that goes
         if job.staged:
             source.release(job.image_dir, req.conf)
 
@@ -76,9 +81,15 @@ def stage(job):
     t0 = time.monotonic()
     if job.on_create:
         runtime.require_checkpoint("restore of %s" % req.cid)
+        pending = [] if runtime.gates_resume and req.conf.page_digests == "overlap" else None
         job.image_dir, job.manifest, job.real = source.validate(
-            req.restore.path, req.conf, image_format=runtime.image_format, spec=req.spec)
+            req.restore.path, req.conf, image_format=runtime.image_format, spec=req.spec,
+            deferred=pending)
         job.staged = True
+        if pending:
+            job.page_check = pagecheck.PageCheck(job.image_dir, pending, job.where, req.state)
+            job.page_check.start()
+            job.env.update(job.page_check.env())
     else:
         job.image_dir = job.real = req.image_path()
         runtime.stage_given(job)
@@ -106,6 +117,12 @@ def finish(job, rc):
     """After the runtime's restore of a create: the post-check, then the state marked
     restored, or the failure cleaned up and given up on."""
     req, runtime = job.req, job.req.runtime
+    bad_pages = job.page_check.wait() if job.page_check is not None else None
+    if job.page_check is not None:
+        req.timings["pages_verify_s"] = job.page_check.seconds
+    if bad_pages is not None:  # CRIU's post-restore refused to resume the tasks
+        runtime.clean_failed_restore(job)
+        return refused(job, bad_pages)
     info = req.delegate.state(req.cid) if rc == 0 and job.detach else None
     ok = rc == 0 and (not job.detach or info is not None)
     reason = None

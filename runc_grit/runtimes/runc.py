@@ -30,6 +30,7 @@ from runc_grit.runtimes.base import Runtime
 class Runc(Runtime):
     name = "runc"
     captures_rootfs_diff = True  # CRIU's images hold no files of the rootfs
+    gates_resume = True  # the CRIU config's action script (criuconf), at post-restore
 
     def create(self, req):
         criuenv.point_spec(req)
