@@ -67,3 +67,33 @@ def test_the_granted_gpu_is_the_remap_target_never_all(monkeypatch):
     with pytest.raises(GritError, match="of which 0 are on this node"):
         destination.check_destination(_m(1), Conf(), spec=cdi)
     assert destination.check_destination({"gpu": {}}, Conf(), spec=spec()) is None
+
+
+def test_the_inventory_read_early_is_what_the_check_uses(monkeypatch):
+    """runc's restore reads the node's GPUs in a thread while it checks the images
+    (discovery.Prefetch); the destination check takes that result, or its error."""
+    calls = []
+    node = {"driver_version": "580.1", "devices": [dict(d, name="NVIDIA H200") for d in NODE]}
+    monkeypatch.setattr(destination.discovery, "inventory", lambda: calls.append(1) or node)
+    early = destination.discovery.Prefetch()
+    assert destination.check_destination(_m(1), Conf(), spec=spec([DEV]),
+                                         get_inventory=early) == [("GPU-s0", "GPU-b")]
+    assert calls == [1]
+
+    def broken():
+        raise RuntimeError("NVML: driver/library version mismatch")
+    monkeypatch.setattr(destination.discovery, "inventory", broken)
+    with pytest.raises(RuntimeError, match="version mismatch"):
+        destination.check_destination(_m(1), Conf(), spec=spec([DEV]),
+                                      get_inventory=destination.discovery.Prefetch())
+
+
+@pytest.mark.parametrize("m, sp, want", [
+    (_m(1), spec([DEV]), True),
+    (_m(1), spec(), False),                       # no GPU granted: refused before asking
+    ({"gpu": {"processes": [{"pid": 1}]}}, spec([DEV]), False),   # no inventory recorded
+    ({"gpu": {}}, spec([DEV]), False),            # no CUDA state
+    (_m(1), None, False),
+])
+def test_when_the_inventory_is_read_early(m, sp, want):
+    assert destination.wants_inventory(m, Conf(), sp) is want

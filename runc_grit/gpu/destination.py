@@ -56,10 +56,20 @@ def check_grant(m, spec, nvidia_runtime=False):
     return grant
 
 
-def check_destination(m, conf, bundle=None, spec=None, nvidia_runtime=False):
+def wants_inventory(m, conf, spec, nvidia_runtime=False):
+    """Will check_destination read this node's GPU inventory for manifest m and this spec?
+    (Not for a spec that grants no GPU: that is refused before the node is asked.)"""
+    g = (m or {}).get("gpu") or {}
+    return (bool(g.get("processes") and g.get("devices")) and conf.cuda.get("enabled") != "never"
+            and spec is not None and not grants.of_spec(spec, nvidia_runtime).empty())
+
+
+def check_destination(m, conf, bundle=None, spec=None, nvidia_runtime=False,
+                      get_inventory=None):
     """Refuse a checkpoint with CUDA state this container or node cannot host (the GPUs its
     spec grants, count, model, driver). Returns the GPU UUID pairs the restore remaps
-    (possibly none), or None when the checkpoint holds no CUDA state."""
+    (possibly none), or None when the checkpoint holds no CUDA state. get_inventory: the
+    node's inventory, already under way (discovery.Prefetch)."""
     g = (m or {}).get("gpu") or {}
     if not g.get("processes"):
         return None
@@ -73,7 +83,7 @@ def check_destination(m, conf, bundle=None, spec=None, nvidia_runtime=False):
         # the source recorded no GPU inventory: all we can check is that a helper is here
         _helper.for_config(conf, required=True)
         return []
-    inventory = discovery.inventory()
+    inventory = (get_inventory or discovery.inventory)()
     if not inventory or not inventory["devices"]:
         raise GpuError("checkpoint holds CUDA state of %d GPU(s) (%s); this node has no NVIDIA GPU"
                         % (len(src), _models(src)))
