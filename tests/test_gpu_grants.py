@@ -1,4 +1,6 @@
 """Which GPUs a spec grants (gpu.grants), and the destination check that uses it."""
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from runc_grit.errors import GritError
@@ -71,21 +73,23 @@ def test_the_granted_gpu_is_the_remap_target_never_all(monkeypatch):
 
 def test_the_inventory_read_early_is_what_the_check_uses(monkeypatch):
     """runc's restore reads the node's GPUs in a thread while it checks the images
-    (discovery.Prefetch); the destination check takes that result, or its error."""
+    (a Future); the destination check takes that result, or its error."""
     calls = []
     node = {"driver_version": "580.1", "devices": [dict(d, name="NVIDIA H200") for d in NODE]}
     monkeypatch.setattr(destination.discovery, "inventory", lambda: calls.append(1) or node)
-    early = destination.discovery.Prefetch()
+    with ThreadPoolExecutor(1) as pool:
+        early = pool.submit(destination.discovery.inventory)
     assert destination.check_destination(_m(1), Conf(), spec=spec([DEV]),
-                                         get_inventory=early) == [("GPU-s0", "GPU-b")]
+                                         get_inventory=early.result) == [("GPU-s0", "GPU-b")]
     assert calls == [1]
 
     def broken():
         raise RuntimeError("NVML: driver/library version mismatch")
     monkeypatch.setattr(destination.discovery, "inventory", broken)
+    with ThreadPoolExecutor(1) as pool:
+        early = pool.submit(destination.discovery.inventory)
     with pytest.raises(RuntimeError, match="version mismatch"):
-        destination.check_destination(_m(1), Conf(), spec=spec([DEV]),
-                                      get_inventory=destination.discovery.Prefetch())
+        destination.check_destination(_m(1), Conf(), spec=spec([DEV]), get_inventory=early.result)
 
 
 @pytest.mark.parametrize("m, sp, want", [

@@ -52,7 +52,7 @@ def sha256_files(paths, workers=None):
 CHUNK = 64 << 20
 
 
-def _sha256_range(job, bufsize=4 << 20):
+def sha256_range(job, bufsize=4 << 20):
     path, offset, length = job   # path: a name, or a descriptor the caller keeps open
     h = hashlib.sha256()
     fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -89,7 +89,7 @@ def digests(files, workers=None, known=None):
                      for i in range(len(have), n)]
     workers = workers or (os.cpu_count() or 1)
     with ThreadPoolExecutor(max(1, min(workers, len(jobs) or 1))) as pool:
-        sums = list(pool.map(_sha256_range, jobs))
+        sums = list(pool.map(sha256_range, jobs))
     return {p: sums[i] if n is None else have + sums[i:i + n]
             for p, (have, i, n) in shape.items()}
 

@@ -15,7 +15,7 @@ import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from runc_grit.checkpoint.integrity import CHUNK, _sha256_range
+from runc_grit.checkpoint.integrity import CHUNK, sha256_range
 from runc_grit.checkpoint.manifest import is_page_data
 
 
@@ -26,7 +26,6 @@ class TailHash:
         self._stop = threading.Event()
         self._thread = self._pool = self._dfd = None
         self._files = {}   # name -> [fd, (st_dev, st_ino), [futures of whole chunks]]
-        self.error = None
 
     def start(self):
         self._dfd = os.open(self.image_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
@@ -40,8 +39,8 @@ class TailHash:
         try:
             while not self._stop.wait(self.interval):
                 self._scan()
-        except OSError as e:   # the dir went away (a failed dump): hash nothing more
-            self.error = e
+        except OSError:   # the dir went away (a failed dump): hash nothing more
+            return
 
     def _scan(self):
         for name in os.listdir(self._dfd):
@@ -63,7 +62,7 @@ class TailHash:
             fd, _, chunks = entry
             size = os.fstat(fd).st_size
             while (len(chunks) + 1) * self.chunk <= size:
-                chunks.append(self._pool.submit(_sha256_range,
+                chunks.append(self._pool.submit(sha256_range,
                                                 (fd, len(chunks) * self.chunk, self.chunk)))
 
     def finish(self):

@@ -69,7 +69,7 @@ def check_destination(m, conf, bundle=None, spec=None, nvidia_runtime=False,
     """Refuse a checkpoint with CUDA state this container or node cannot host (the GPUs its
     spec grants, count, model, driver). Returns the GPU UUID pairs the restore remaps
     (possibly none), or None when the checkpoint holds no CUDA state. get_inventory: the
-    node's inventory, already under way (discovery.Prefetch)."""
+    node's inventory, already under way (a Future's result)."""
     g = (m or {}).get("gpu") or {}
     if not g.get("processes"):
         return None

@@ -6,7 +6,6 @@ node's GPUs and their compute processes, from NVML, else nvidia-smi.
 """
 import os
 import subprocess
-import threading
 
 
 def _ns(pid):
@@ -90,29 +89,6 @@ def inventory():
     except Exception:  # noqa: BLE001 - NVML missing or failing: try nvidia-smi
         pass
     return _inventory_smi()
-
-
-class Prefetch:
-    """inventory() started in a thread, for a caller with other checks to run meanwhile
-    (NVML's init alone takes a few hundred ms); calling it waits for the result, or raises
-    what inventory() raised."""
-
-    def __init__(self):
-        self._fn, self._out, self._err = inventory, None, None
-        self._thread = threading.Thread(target=self._run, name="gpu-inventory", daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        try:
-            self._out = self._fn()
-        except Exception as e:  # noqa: BLE001 - re-raised in the caller's thread
-            self._err = e
-
-    def __call__(self):
-        self._thread.join()
-        if self._err is not None:
-            raise self._err
-        return self._out
 
 
 def inventory_or_none():

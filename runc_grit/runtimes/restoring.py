@@ -117,8 +117,9 @@ def finish(job, rc):
     """After the runtime's restore of a create: the post-check, then the state marked
     restored, or the failure cleaned up and given up on."""
     req, runtime = job.req, job.req.runtime
-    bad_pages = job.page_check.wait() if job.page_check is not None else None
+    bad_pages = None
     if job.page_check is not None:
+        bad_pages = job.page_check.wait()
         req.timings["pages_verify_s"] = job.page_check.seconds
     if bad_pages is not None:  # CRIU's post-restore refused to resume the tasks
         runtime.clean_failed_restore(job)

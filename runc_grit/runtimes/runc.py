@@ -16,6 +16,7 @@ their runc-specific steps:
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from runc_grit import argv as _argv
 from runc_grit.checkpoint import compat, privileges, source
@@ -70,24 +71,20 @@ class Runc(Runtime):
         """What this node and the new spec must have for the images (raises SourceError,
         GpuError, ...)."""
         req, m, where = job.req, job.manifest, job.where
-        # the node's GPUs are read (NVML) while the images are checked against the spec
+        # the node's GPUs are read (NVML) while the images are checked against the spec; the
+        # pool's exit waits for that read, so it never outlives a refusal
         early = destination.wants_inventory(m, req.conf, req.spec, self.nvidia_runtime)
-        gpus = discovery.Prefetch() if early else None
-        try:
+        with ThreadPoolExecutor(1) as pool:
+            gpus = pool.submit(discovery.inventory) if early else None
             t0 = time.monotonic()
             privileges.check(job.image_dir, req.spec, req.conf, req.log, where, req.bundle)
             req.timings["privileges_s"] = round(time.monotonic() - t0, 3)
             compat.check(m, where, os.path.basename(self.delegate.path),
                          criuenv.criu_version(req.conf), _spec.annotations(req.spec))
             compat.check_device_env(job.image_dir, req.spec, req.conf, req.log, where)
-            job.pairs = destination.check_destination(m, req.conf, req.bundle, req.spec,
-                                                      self.nvidia_runtime, get_inventory=gpus)
-        finally:
-            if gpus is not None:   # never left running past a refusal
-                try:
-                    gpus()
-                except Exception:  # noqa: BLE001 - only what check_destination saw matters
-                    pass
+            job.pairs = destination.check_destination(
+                m, req.conf, req.bundle, req.spec, self.nvidia_runtime,
+                get_inventory=gpus.result if gpus is not None else None)
         req.gpu_nodes = postresume.wants_gpu_nodes(m, req.spec, job.image_dir)
         if req.gpu_nodes:
             job.env["RUNC_GRIT_GPU_NODES"] = "1"
