@@ -123,6 +123,34 @@ class Distribution:
         with OPENER.open(req, timeout=30) as r:
             return r.read()
 
+    def put_blob(self, repo, data):
+        """Upload data as a blob of repo (monolithic POST + PUT); returns its digest."""
+        import hashlib
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        req = urllib.request.Request("http://%s/v2/%s/blobs/uploads/" % (self.host, repo),
+                                     method="POST", data=b"",
+                                     headers={"Authorization": self._auth()})
+        with OPENER.open(req, timeout=30) as r:
+            loc = r.headers["Location"]
+        if loc.startswith("/"):
+            loc = "http://%s%s" % (self.host, loc)
+        req = urllib.request.Request(loc + ("&" if "?" in loc else "?") + "digest=" + digest,
+                                     method="PUT", data=data,
+                                     headers={"Authorization": self._auth(),
+                                              "Content-Type": "application/octet-stream"})
+        with OPENER.open(req, timeout=60):
+            pass
+        return digest
+
+    def put_manifest(self, repo, tag, data,
+                     media_type="application/vnd.oci.image.manifest.v1+json"):
+        req = urllib.request.Request("http://%s/v2/%s/manifests/%s" % (self.host, repo, tag),
+                                     method="PUT", data=data,
+                                     headers={"Authorization": self._auth(),
+                                              "Content-Type": media_type})
+        with OPENER.open(req, timeout=30):
+            pass
+
     def write_auth_file(self, path, user=None, password=None, host=None):
         """A docker config.json ({"auths": {host: {"auth": base64(user:pass)}}}), mode 0600;
         host defaults to this registry's (a proxy's host, say, otherwise)."""

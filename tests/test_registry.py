@@ -87,6 +87,39 @@ def test_layer_bytes_are_deterministic_tars(tmp_path):
         assert t.extractfile(m).read() == b"x" * 1000
 
 
+def test_cache_pages_verified_mark_lives_and_dies_with_its_entry(tmp_path):
+    """An entry is trusted without a page check only beside its mark; trimming or evicting
+    the entry takes the mark; a mark whose entry is gone is swept; a locked entry is not
+    evicted (the other restore checks its pages too)."""
+    from runc_grit.registry import cache
+    root = str(tmp_path)
+    a, b = cache.entry(root, "sha256:" + "a" * 64), cache.entry(root, "sha256:" + "b" * 64)
+    for e in (a, b):
+        os.mkdir(e)
+        with open(os.path.join(e, "pages-1.img"), "wb") as f:
+            f.write(b"x" * 8192)
+    assert not cache.pages_verified(a)
+    cache.mark_pages_verified(a)
+    assert cache.pages_verified(a) and not cache.pages_verified(b)
+    os.symlink(a + ".pages-verified", b + ".pages-verified")  # planted: not a mark
+    assert not cache.pages_verified(b)
+    os.unlink(b + ".pages-verified")
+    held = cache.lock(a)
+    assert cache.evict(a) is False and cache.pages_verified(a)
+    cache.unlock(held)
+    assert cache.evict(a) is True
+    assert not os.path.exists(a) and not cache.pages_verified(a)
+    cache.mark_pages_verified(b)
+    shutil.rmtree(b)  # gone some other way: its mark is swept by the next trim
+    cache.trim(root, 1 << 30)
+    assert os.listdir(root) == []
+    os.mkdir(a)
+    with open(os.path.join(a, "pages-1.img"), "wb") as f:
+        f.write(b"x" * 8192)
+    cache.mark_pages_verified(a)
+    assert cache.trim(root, 0) == [a] and os.listdir(root) == []
+
+
 # --- real registry, runc, CRIU ---------------------------------------------------------------
 
 def _have_registry():
@@ -137,7 +170,17 @@ def _source(workdir, dist, annotations=None):
 
 
 def _cache_names(e):
-    return sorted(os.listdir(e.cache)) if os.path.isdir(e.cache) else []
+    """The cache's entries and in-progress pulls (the pages-verified marks left out)."""
+    names = os.listdir(e.cache) if os.path.isdir(e.cache) else []
+    return sorted(n for n in names if not n.endswith(".pages-verified"))
+
+
+def _verified(e, digest):
+    return os.path.isfile(os.path.join(e.cache, "sha256-%s.pages-verified" % digest.split(":")[1]))
+
+
+def _timings(e, cid):
+    return json.load(open(os.path.join(e.state_dir, cid, "state.json")))["timings"]
 
 
 def _refused(b, bundle_name, ref, rootfs_from, expect, annotations=None):
@@ -177,6 +220,10 @@ def test_two_nodes_checkpoint_push_then_restore_by_oci_reference(workdir, dist):
                               rootfs_from=os.path.join(ba, "rootfs"))
     assert out_b.wait_for(lambda r: len(r.ints()) >= 2)
     assert_continues(out.ints(), out_b.ints())
+    # the memory pages were checked against the signed digests beside CRIU (the pull hashed
+    # them once, for the blob digests), and that check marked the cache entry verified
+    assert _timings(b, "app")["pages_verify_s"] >= 0
+    assert _verified(b, pushed["digest"])
     # B's cache holds the pulled checkpoint under its digest, root-only
     assert _cache_names(b) == ["sha256-" + pushed["digest"].split(":")[1]], _cache_names(b)
     entry = os.path.join(b.cache, _cache_names(b)[0])
@@ -203,13 +250,14 @@ def test_two_nodes_checkpoint_push_then_restore_by_oci_reference(workdir, dist):
                                rootfs_from=os.path.join(ba, "rootfs"))
     assert out_c.wait_for(lambda r: len(r.ints()) >= 2)
     assert_continues(out.ints(), out_c.ints())
+    assert "pages_verify_s" not in _timings(b, "app2")  # a verified entry is not hashed again
     b.grit.run(bb2, "delete", "--force", "app2")
     # gc trims the cache to its bound
     b.write_config({"registry": {"auth_file": os.path.join(b.dir, "auth.json"),
                                  "insecure": [dist.host], "cache_bytes": 0}})
     p = grit(b, "gc")
     assert p.returncode == 0 and "beyond the cache bound" in p.stdout, (p.stdout, p.stderr)
-    assert _cache_names(b) == []
+    assert os.listdir(b.cache) == []  # the entry and its pages-verified mark
     a.cleanup()
     b.cleanup()
 
@@ -277,6 +325,76 @@ def test_registry_failures_are_refused_and_leave_nothing(workdir, dist):
     err = _refused(b, "tampered", ref, rootfs, "refused")
     assert "does not match" in err, err
     assert _cache_names(b) == []
+    a.cleanup()
+    b.cleanup()
+
+
+def _evil_image(dist, repo, tag, new_tag):
+    """The pushed image with one byte of its memory pages flipped, its blob and manifest
+    digests made to match (a registry that serves what it likes, or a repushed tag): the
+    signed manifest layer is the original. Returns the evil image's manifest digest."""
+    import hashlib
+    import io
+    import tarfile
+    man = json.loads(dist.manifest(repo, tag))
+    for d in man["layers"]:
+        if d["annotations"][layout.ROLE] != "files":
+            continue
+        data = bytearray(open(dist.blob_path(d["digest"]), "rb").read())
+        with tarfile.open(fileobj=io.BytesIO(bytes(data))) as t:
+            pages = [m for m in t.getmembers() if m.name.startswith("checkpoint/pages-")
+                     and m.size]
+        if pages:
+            at = pages[0].offset_data + pages[0].size // 2
+            data[at] ^= 0xFF
+            d["digest"] = dist.put_blob(repo, bytes(data))
+            break
+    else:
+        raise AssertionError("no pages image in %r" % man)
+    raw = json.dumps(man).encode()
+    dist.put_manifest(repo, new_tag, raw)
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+@pytest.mark.integration
+def test_registry_pages_that_do_not_match_never_resume(workdir, dist):
+    """A registry serving a checkpoint whose memory pages differ from the signed digests
+    (blob and manifest digests consistent, signed manifest untouched): the pull streams them
+    (only their blob digests are checked as they come), CRIU restores, and the tasks never
+    resume: the page check beside CRIU fails, the create is refused with the reason in --log,
+    no value is printed, no container stays, and the entry leaves the cache. With
+    page_digests: before, the pull itself refuses it and CRIU never runs."""
+    a, ba, out, img, pushed = _source(workdir, dist)
+    evil = _evil_image(dist, "ck/app", TAG, "evil")
+    assert evil != pushed["digest"]
+    b = node(workdir, "node-b", dist)
+    b.trust(a)
+    ref = "oci://" + dist.ref("ck/app", "evil")
+    bb = b.bundle("evil", annotations={"grit.dev/restore-from": ref},
+                  rootfs_from=os.path.join(ba, "rootfs"))
+    p, out_b = b.grit.create_with_pipes(bb, "evil")
+    err = b.grit.log_error(bb) or ""
+    assert p.returncode != 0, err
+    assert "image pages-" in err and "does not match its sha256 in the manifest" in err, err
+    assert out_b.closed(10) and out_b.ints() == [], out_b.lines  # nothing resumed
+    assert b.grit.state("evil") is None
+    assert _cache_names(b) == [] and not _verified(b, evil), os.listdir(b.cache)
+
+    import yaml
+    conf = yaml.safe_load(open(b.config_path))
+    b.write_config(dict(conf, page_digests="before"))
+    err = _refused(b, "evil2", ref, os.path.join(ba, "rootfs"),
+                   "does not match the signed manifest")
+    assert _cache_names(b) == []
+    # the untampered tag still restores on that node, its pages checked in the pull
+    bb3, out_c = start_counter(b, "good", "good",
+                               annotations={"grit.dev/restore-from":
+                                            "oci://" + dist.ref("ck/app", TAG)},
+                               rootfs_from=os.path.join(ba, "rootfs"))
+    assert out_c.wait_for(lambda r: len(r.ints()) >= 2)
+    assert_continues(out.ints(), out_c.ints())
+    assert "pages_verify_s" not in _timings(b, "good") and _verified(b, pushed["digest"])
+    b.grit.run(bb3, "delete", "--force", "good")
     a.cleanup()
     b.cleanup()
 

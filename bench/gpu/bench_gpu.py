@@ -16,6 +16,14 @@ For each size (GiB of VRAM held by tests/gpu/app.py) and each variant:
           push and pull throughput, restore-from-registry against restore-from-local-dir.
   grit-before  grit with `page_digests: before`: every digest checked before CRIU runs (the
           default, `overlap`, checks the memory pages beside CRIU and gates the resume).
+  coldstart  the cold-start use case: tests/gpu/infer.py (an inference-like server) loads
+          SIZE GiB of fp16 weights from a file on local disk (/var/tmp, page cache dropped
+          first), warms up (CUDA graph captured) and answers its first request: that time
+          from `runc-grit create` on, then again with the weights in the page cache; the warm
+          server is checkpointed through runc-grit and restored into a new container, and the
+          time from the restore's create to its first answer is compared with the cold start
+          (target: under a third). The restored server's answer to a seed the source answered
+          before the checkpoint must be the same, bit for bit.
   stream  raw, the pages sent by `criu dump --page-server` to `criu page-server` on loopback:
           no dump to disk then read; the receiving side writes the image the restore reads.
 Variants: CRIU binaries (BENCH_CRIUS="4.1=/path 4.2=/path 4.3=/path"; default: the criu on
@@ -133,6 +141,118 @@ def raw(size_gib, work, criu="criu", stream=False, sync=False):
 GRIT_MODES = ("grit", "grit2", "grit-before", "registry")
 
 
+def write_weights(path, size_gib):
+    """size_gib GiB of fp16 values (normal, sd 0.02), a 64 MiB block repeated, fsynced."""
+    import numpy
+    block = (numpy.random.default_rng(0).standard_normal(32 << 20, dtype=numpy.float32)
+             * 0.02).astype(numpy.float16).tobytes()
+    with open(path, "wb") as f:
+        for _ in range(size_gib * 16):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def drop_caches():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def ask(rdir, rid, seed, alive, timeout=600):
+    """Write request rid (seed) into rdir; (seconds until the answer, the answer's fields).
+    alive(): whether the server still runs (asked every second)."""
+    t = time.monotonic()
+    tmp = os.path.join(rdir, ".req-" + rid)
+    with open(tmp, "w") as f:
+        f.write("%d\n" % seed)
+    os.rename(tmp, os.path.join(rdir, "req-" + rid))
+    resp = os.path.join(rdir, "resp-" + rid)
+    n = 0
+    while not os.path.exists(resp):
+        if time.monotonic() - t > timeout:
+            raise RuntimeError("no answer to request %s in %ds" % (rid, timeout))
+        n += 1
+        if n % 1000 == 0 and not alive():
+            raise RuntimeError("the server ended before it answered request %s" % rid)
+        time.sleep(0.001)
+    with open(resp) as f:
+        return time.monotonic() - t, f.read().split()
+
+
+def coldstart(size_gib, work, criu=None):
+    conf = {"cuda": {"lock_timeout_ms": 20000}, "staging_dir": os.path.join(work, "staging")}
+    if criu and criu != "criu":
+        conf["criu"] = criu
+    e = Env(os.path.join(work, "g"), conf)
+    disk = os.path.join(WHERE["disk"], "rg-cold")  # the weights and the requests: local disk
+    shutil.rmtree(disk, ignore_errors=True)
+    os.makedirs(disk)
+    weights = os.path.join(disk, "weights.bin")
+    img = os.path.join(e.ckroot, "img")
+    env = {"INFER_WEIGHTS": "/logs/weights.bin", "INFER_DIR": "/logs"}
+    args = ["python3", "/app/infer.py"]
+    bundles, outs = {}, {}
+    r = {}
+
+    def running(cid):
+        if (e.grit.state(cid) or {}).get("status") == "running":
+            return True
+        time.sleep(0.5)
+        raise RuntimeError("container %s stopped: %s" % (cid, outs[cid].lines[-8:]))
+
+    def serve(cid, annotations=None):
+        """Create + start cid, ask seed 1 at once: seconds from create to the answer."""
+        b = bundles[cid] = make_gpu_bundle(os.path.join(e.dir, cid), disk, None, env,
+                                           annotations, args=args)
+        t = time.monotonic()
+        p, outs[cid] = e.grit.create_with_pipes(b, cid)
+        created = time.monotonic() - t
+        assert p.returncode == 0, e.grit.log_error(b)
+        assert e.grit.run(b, "start", cid).returncode == 0
+        _, fields = ask(disk, cid + "-1", 1, lambda: running(cid))
+        took = time.monotonic() - t
+        for n in os.listdir(disk):  # what the server wrote once ready (a restored one: none)
+            if n.startswith("phases-"):
+                with open(os.path.join(disk, n)) as f:
+                    r.setdefault("phases", {})[cid] = json.load(f)
+                os.unlink(os.path.join(disk, n))
+        return took, created, fields
+
+    try:
+        t = time.monotonic()
+        write_weights(weights, size_gib)
+        r.update(weights_written_s=time.monotonic() - t, weights_bytes=os.path.getsize(weights))
+        drop_caches()
+        r["cold_s"], _, _ = serve("cold")
+        e.grit.run(bundles.pop("cold"), "delete", "--force", "cold")
+        r["warm_s"], _, _ = serve("warm")
+        _, ref = ask(disk, "ref", 2, lambda: running("warm"))
+        t = time.monotonic()
+        p = e.grit.run(bundles["warm"], "checkpoint", "--image-path", img, "--work-path",
+                       img + "-w", "warm", timeout=900)
+        r["checkpoint"] = time.monotonic() - t
+        assert p.returncode == 0, e.grit.log_error(bundles["warm"])
+        r["image"] = du(img)
+        e.grit.run(bundles.pop("warm"), "delete", "warm")
+        os.unlink(weights)  # the restore needs no weights file
+        r["restore_first_answer_s"], r["restore"], _ = serve(
+            "restored", {"grit.dev/restore-from": img})
+        _, again = ask(disk, "again", 2, lambda: running("restored"))
+        r["same_answer"] = again[:2] == ref[:2]
+        r["answers"] = [ref, again]
+        r["ratio"] = r["restore_first_answer_s"] / r["cold_s"]
+        return r
+    except AssertionError as ex:
+        raise RuntimeError("%s %s" % (ex, criu_errors(img + "-w"))) from None
+    finally:
+        for cid, b in bundles.items():
+            e.grit.run(b, "delete", "--force", cid)
+        e.cleanup()
+        shutil.rmtree(img, ignore_errors=True)
+        shutil.rmtree(disk, ignore_errors=True)
+
+
 def grit(size_gib, work, criu=None, sync=False, procs=1, registry=False, page_digests=None):
     conf = {"cuda": {"lock_timeout_ms": 20000}, "staging_dir": os.path.join(work, "staging")}
     if page_digests:
@@ -218,7 +338,8 @@ def _registry(e, conf, size_gib, work, img, bundles):
     try:
         e.write_config(dict(conf, registry={
             "auth_file": dist.write_auth_file(os.path.join(work, "auth.json")),
-            "insecure": [dist.host], "jobs": int(os.environ.get("BENCH_REGISTRY_JOBS", "8"))}))
+            "insecure": [dist.host], "jobs": int(os.environ.get("BENCH_REGISTRY_JOBS", "8")),
+            "blob_size": int(os.environ.get("BENCH_BLOB_MIB", "512")) << 20}))
         ref = dist.ref("bench/gpu", "v1")
         p = subprocess.run([os.environ.get("RUNC_GRIT_BIN", "runc-grit"), "push", "--json", img,
                             ref], capture_output=True, text=True, env=e.env, timeout=900)
@@ -281,6 +402,8 @@ def run(gib, v):
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     try:
+        if v["mode"] == "coldstart":
+            return coldstart(gib, work, v["criu_path"])
         if v["mode"] in GRIT_MODES:
             return grit(gib, work, v["criu_path"], v["sync"], procs=2 if v["mode"] == "grit2" else 1,
                         registry=v["mode"] == "registry",
@@ -325,6 +448,8 @@ def main():
     lines = ["| VRAM | path | CRIU | images | THP | checkpoint | restore | downtime | image | GB/s (image / downtime) | detail |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for gib, v, r in rows:
+        if "cold_s" in r:
+            continue  # their own table
         if "error" in r:
             lines.append("| %d GiB | %s | %s | %s | %s | failed: %s | | | | | |" % (
                 gib, v["mode"], v["criu"], v["where"], v.get("thp"), r["error"].replace("|", "/")))
@@ -358,6 +483,18 @@ def main():
                          "%.2f | %.2fx |" % (gib, g["push_s"], g["push_digest_s"], g["push_GBps"],
                                              r["restore"], g["restore"], g["pull_s"],
                                              g["pull_GBps"] or 0, g["restore"] / r["restore"]))
+    cold = [(gib, r) for gib, v, r in rows if "cold_s" in r]
+    if cold:
+        lines += ["", "| weights | cold start, page cache dropped | cold start, weights in page "
+                  "cache | its phases | checkpoint | restore: create | restore: first answer | "
+                  "first answer / cold start | same answer |", "|---|---|---|---|---|---|---|---|---|"]
+        for gib, r in cold:
+            ph = r.get("phases", {}).get("cold", {})
+            lines.append("| %d GiB | %.2f s | %.2f s | %s | %.2f s | %.2f s | %.2f s | %.2f | %s |" % (
+                gib, r["cold_s"], r["warm_s"],
+                ", ".join("%s %.2f s" % (k[:-2], v) if k.endswith("_s") else "%s %s" % (k, v)
+                          for k, v in ph.items()), r["checkpoint"],
+                r["restore"], r["restore_first_answer_s"], r["ratio"], r["same_answer"]))
     text = "\n".join(lines) + "\n"
     print(text)
     with open(out, "w") as f:

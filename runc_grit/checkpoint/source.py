@@ -106,7 +106,7 @@ def validate(path, conf, image_format="CRIU", spec=None, deferred=None):
     (checkpoint.pagecheck), instead of being checked here."""
     from runc_grit.registry import reference
     if reference.is_oci(path):
-        return _from_registry(path, conf, image_format, spec)
+        return _from_registry(path, conf, image_format, spec, deferred)
     real = resolve(path, conf.checkpoint_roots)
     where = "restore source %s" % path
     with imagedir.ImageDir(real, where) as src:
@@ -146,14 +146,26 @@ def validate(path, conf, image_format="CRIU", spec=None, deferred=None):
     return here, m, real
 
 
-def _from_registry(path, conf, image_format, spec):
+def _from_registry(path, conf, image_format, spec, deferred):
+    """The pull (or the cache's entry) and the page images' digests where the pull left them
+    to the restore: into deferred (checked beside the runtime), else checked now."""
     from runc_grit.registry import pull
-    here, m, _, _ = pull.to_cache(path, conf, spec)
+    here, m, _, stats = pull.to_cache(path, conf, spec, defer_pages=deferred is not None)
+    pages = stats["unverified"]
     try:
         images.check(here, image_format)
     except BaseException:
         release(here, conf)
         raise
+    if pages and deferred is not None:
+        deferred += pages
+    elif pages:
+        try:
+            _manifest.check_digests(here, pages, "restore source %s" % path)
+        except BaseException as e:
+            release(here, conf, pages_ok=False if isinstance(e, SourceError) else None)
+            raise
+        pull.pages_passed(here)
     return here, m, path
 
 
@@ -206,14 +218,15 @@ def staging_mode(conf):
     return getattr(conf, "staging", "auto")
 
 
-def release(image_dir, conf):
+def release(image_dir, conf, pages_ok=None):
     """After a restore: a staged copy goes (a source used in place stays; a pulled one
-    stays in the cache, unlocked)."""
+    stays in the cache, unlocked). pages_ok: how the check of deferred page digests went
+    (a pulled entry whose pages failed it is removed from the cache)."""
     staging.discard(image_dir, conf.staging_dir)
     import sys
     pull = sys.modules.get("runc_grit.registry.pull")  # loaded only by a registry restore
     if pull is not None:
-        pull.release(image_dir)
+        pull.release(image_dir, pages_ok)
 
 
 def _root_of(real, roots):

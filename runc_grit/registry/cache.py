@@ -2,8 +2,11 @@
 
 `<cache_dir>/sha256-<hex>/` holds exactly the files a signed manifest lists, each verified
 against it while it streamed; it gets that name only once complete (a rename), so a dir of
-that name is a whole, verified checkpoint. Pulls in progress are `.incoming-<pid>-*` (a
-killed pull's is swept). A restore holds a shared lock on the entry while CRIU reads it;
+that name is a whole checkpoint. The memory pages (pages-N.img) of a pull for a restore whose
+runtime gates the resume are checked against the signed digests beside CRIU instead
+(checkpoint.pagecheck), not while they stream: `sha256-<hex>.pages-verified` beside the entry
+says a check of its pages passed, and an entry without it has its pages checked by every
+restore that reads it. Pulls in progress are `.incoming-<pid>-*` (a killed pull's is swept). A restore holds a shared lock on the entry while CRIU reads it;
 trimming (after each pull, and `runc-grit gc`) removes the least recently used entries
 beyond cache_bytes, never a locked one. The dir is root-only, under the staging dir by default.
 """
@@ -15,6 +18,7 @@ import tempfile
 from runc_grit.errors import RegistryError
 
 INCOMING = ".incoming-"
+VERIFIED = ".pages-verified"
 
 
 def cache_dir(conf):
@@ -50,6 +54,46 @@ def commit(tmp, final):
             raise
     os.utime(final)
     return final
+
+
+def _mark(path):
+    return path.rstrip("/") + VERIFIED
+
+
+def pages_verified(path):
+    """Whether a check of the entry's page images against the signed digests passed."""
+    return os.path.isfile(_mark(path)) and not os.path.islink(_mark(path))
+
+
+def mark_pages_verified(path):
+    fd = os.open(_mark(path), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.close(fd)
+
+
+def unmark(path):
+    try:
+        os.unlink(_mark(path))
+    except FileNotFoundError:
+        pass
+
+
+def remove(path):
+    """An entry and its mark gone (the caller holds its exclusive lock)."""
+    unmark(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def evict(path):
+    """Remove an entry whose pages failed their check, unless another restore reads it now
+    (that one checks them too). True when removed."""
+    fd = lock(path, exclusive=True, wait=False)
+    if fd is None:
+        return False
+    try:
+        remove(path)
+    finally:
+        unlock(fd)
+    return True
 
 
 def lock(path, exclusive=False, wait=True):
@@ -106,6 +150,13 @@ def trim(root, limit, keep=(), dry_run=False):
                     shutil.rmtree(p, ignore_errors=True)
         elif name.startswith("sha256-") and os.path.isdir(p) and not os.path.islink(p):
             entries.append((os.lstat(p).st_mtime, p, _size(p)))
+        elif name.startswith("sha256-") and name.endswith(VERIFIED) and \
+                not os.path.isdir(p[:-len(VERIFIED)]):
+            if not dry_run:  # the mark of an entry gone
+                try:
+                    os.unlink(p)
+                except OSError:
+                    pass
     total = sum(s for _, _, s in entries)
     for _, p, size in sorted(entries):
         if total <= limit:
@@ -118,7 +169,7 @@ def trim(root, limit, keep=(), dry_run=False):
         try:
             removed.append(p)
             if not dry_run:
-                shutil.rmtree(p, ignore_errors=True)
+                remove(p)
             total -= size
         finally:
             unlock(fd)

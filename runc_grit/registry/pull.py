@@ -10,7 +10,10 @@ registry says until it is checked:
    and compared with its descriptor's digest at its end, every tar entry a regular file the
    signed manifest lists (whole, or one part of it) and written with pwrite at its offset into
    a file this pull created (O_EXCL, never followed), each 64 MiB chunk of content checked
-   against the signed manifest's digests as it completes; no region written twice;
+   against the signed manifest's digests as it completes (the memory pages, pages-N.img, of
+   a restore whose runtime gates the resume excepted: those are checked beside CRIU, as a
+   local dir's are, by checkpoint.pagecheck, and this pull hashes them once, for the blob
+   digest); no region written twice;
 5. every listed file complete. Only then does the dir get its final name.
 
 Anything else (a bad credential, a missing blob, a digest mismatch, a dropped connection, the
@@ -87,11 +90,13 @@ class Blob:
 class Content:
     """The signed manifest's digests of one file region, checked chunk by chunk."""
 
-    def __init__(self, item, offset, length, where):
+    def __init__(self, item, offset, length, where, check=True):
         self.item, self.where = item, where
         self.pos, self.end = offset, offset + length
         ch = item.get("sha256_chunks")
         self.size = ch["size"] if ch else (item["size"] if "sha256" in item else 0)
+        if not check:
+            self.size = 0
         if self.size and offset % self.size:
             raise RegistryError("%s: %s: a part at offset %d does not start a digest chunk"
                                 % (where, item["name"], offset))
@@ -220,8 +225,9 @@ def bound_sizes(m, files, blob_size, where):
 class Writer:
     """Streams files layers into the pre-created files of the dir."""
 
-    def __init__(self, client, m, dfd, blob_size, expected, where):
+    def __init__(self, client, m, dfd, blob_size, expected, where, unchecked=()):
         self.client, self.blob_size, self.where = client, blob_size, where
+        self.unchecked = frozenset(unchecked)  # names whose signed digests the restore checks
         self.items = {i["name"]: i for i in m["images"]}
         self.sizes = {n: i["size"] for n, i in self.items.items()}
         self.expected, self.done = expected, set()
@@ -263,7 +269,8 @@ class Writer:
             if (name, off) in self.done:
                 raise RegistryError("%s: entry %s comes twice" % (self.where, arcname))
             self.done.add((name, off))
-        content = Content(self.items[name], off, length, self.where)
+        content = Content(self.items[name], off, length, self.where,
+                          check=name not in self.unchecked)
         fd, pos, end = self.fds[name], off, off + length
         while pos < end:
             data = blob.read(min(PIECE, end - pos))
@@ -277,7 +284,9 @@ class Writer:
     def run(self, files, jobs):
         got, first = 0, None
         with ThreadPoolExecutor(max(1, min(jobs, len(files) or 1))) as pool:
-            futs = [pool.submit(self.layer, d) for d in files]
+            # the largest first: no big blob left alone at the end while the other workers idle
+            futs = [pool.submit(self.layer, d)
+                    for d in sorted(files, key=lambda d: d["size"], reverse=True)]
             for f in as_completed(futs):
                 try:
                     got += f.result()
@@ -296,10 +305,12 @@ class Writer:
         return got
 
 
-def fetch(ref, conf, spec, where, final, doc, digest, tmp_root, admit=True):
+def fetch(ref, conf, spec, where, final, doc, digest, tmp_root, admit=True, defer_pages=False):
     """Pull the image doc (already resolved) into tmp_root's new dir, named final once
     complete. Returns (final, manifest, signed, stats). admit: check the tenant and age for
-    spec (a restore) before any large blob; `runc-grit pull` leaves that to the restore."""
+    spec (a restore) before any large blob; `runc-grit pull` leaves that to the restore.
+    defer_pages: the page images' signed digests are left to the caller (stats["unverified"]
+    lists their items); only their blob digests are checked here."""
     from runc_grit.checkpoint import admission
     rconf = conf.registry
     t0 = time.monotonic()
@@ -316,7 +327,9 @@ def fetch(ref, conf, spec, where, final, doc, digest, tmp_root, admit=True):
                     admission.admit(src, m, conf, spec, where)
             t_auth = time.monotonic() - t0
             expected = bound_sizes(m, files, blob_size, where)
-            w = Writer(client, m, dfd, blob_size, expected, where)
+            unverified = page_items(m) if defer_pages else []
+            w = Writer(client, m, dfd, blob_size, expected, where,
+                       unchecked=[i["name"] for i in unverified])
             try:
                 got = w.run(files, rconf.get("jobs") or 8)
             finally:
@@ -330,17 +343,25 @@ def fetch(ref, conf, spec, where, final, doc, digest, tmp_root, admit=True):
         raise
     secs = time.monotonic() - t0
     return final, m, signed, {"digest": digest, "bytes": got, "seconds": secs,
-                              "auth_s": t_auth, "layers": len(files) + 1}
+                              "auth_s": t_auth, "layers": len(files) + 1,
+                              "unverified": unverified}
+
+
+def page_items(m):
+    """The manifest's page images (pages-N.img) that carry digests."""
+    return [i for i in m["images"] if _manifest.has_digest(i) and _manifest.is_page_data(i["name"])]
 
 
 def _deadline(rconf):
     return time.monotonic() + float(rconf.get("timeout") or 600)
 
 
-def to_cache(source_text, conf, spec=None):
+def to_cache(source_text, conf, spec=None, defer_pages=False):
     """A restore's pull: (dir, manifest, signed, stats) of the checkpoint at oci://REF, from
     the cache when this digest was pulled before (authenticated and admitted again), else
-    pulled into it. The entry is locked (shared) until release()."""
+    pulled into it. The entry is locked (shared) until release(). stats["unverified"]: the
+    page images whose signed digests the caller checks (pulled with defer_pages, or an entry
+    no check of its pages has passed on yet); then release() says how that check went."""
     from runc_grit.checkpoint import admission
     ref = reference.parse(source_text)
     where = "restore source %s" % source_text
@@ -363,9 +384,15 @@ def to_cache(source_text, conf, spec=None):
                 items = admission.admit(src, m, conf, spec, where)
                 admission.check_regular(src, items)
             os.utime(path)
+            stats["unverified"] = [] if cache.pages_verified(path) else page_items(m)
         else:
-            path, m, signed, stats = fetch(ref, conf, spec, where, path, doc, digest, root)
+            if defer_pages:
+                cache.unmark(path)  # a mark an entry of this name left: not this pull's
+            path, m, signed, stats = fetch(ref, conf, spec, where, path, doc, digest, root,
+                                           defer_pages=defer_pages)
             fd = cache.lock(path)
+            if not stats["unverified"]:
+                cache.mark_pages_verified(path)
             stats["cached"] = False
             cache.trim(root, (conf.registry or {}).get("cache_bytes", 0), keep=(path,))
     except BaseException:
@@ -375,8 +402,22 @@ def to_cache(source_text, conf, spec=None):
     return path, m, signed, stats
 
 
-def release(path):
-    cache.unlock(_held.pop(path, None))
+def pages_passed(path):
+    """The entry's page images matched the signed digests (checked by the restore)."""
+    if path in _held:
+        cache.mark_pages_verified(path)
+
+
+def release(path, pages_ok=None):
+    """The restore is done with the entry. pages_ok: its check of the page images passed
+    (the entry is marked verified) or failed (the entry is removed, unless another restore
+    reads it); None: no check ran."""
+    if pages_ok:
+        pages_passed(path)
+    fd = _held.pop(path, None)
+    cache.unlock(fd)
+    if pages_ok is False and fd is not None:
+        cache.evict(path)
 
 
 def to_dir(source_text, out, conf):

@@ -68,10 +68,11 @@ def run(req, on_create):
         job.elapsed = time.monotonic() - t0
         return finish(job, rc) if on_create else finish_direct(job, rc)
     finally:
-        if job.page_check is not None:
-            job.page_check.wait()  # it reads the staged copy: done before that goes
+        pages_ok = None
+        if job.page_check is not None:  # it reads the staged copy: done before that goes
+            pages_ok = job.page_check.wait() is None
         if job.staged:
-            source.release(job.image_dir, req.conf)
+            source.release(job.image_dir, req.conf, pages_ok)
 
 
 def stage(job):

@@ -37,8 +37,9 @@ def gpu_spec(args, env, logs, annotations=None, devices=None):
     return spec
 
 
-def make_gpu_bundle(path, logs, log_name, env, annotations=None, devices=None):
-    """devices: GPU indices (/dev/nvidiaN) the container gets; None: all."""
+def make_gpu_bundle(path, logs, log_name, env, annotations=None, devices=None, args=None):
+    """devices: GPU indices (/dev/nvidiaN) the container gets; None: all. args: the process
+    (default: app.py logging to /logs/log_name)."""
     os.makedirs(os.path.join(path, "rootfs"), exist_ok=True)
     r = os.path.join(path, "rootfs")
     for d in ("usr", "opt", "etc", "proc", "dev", "sys", "tmp", "app", "logs", "run"):
@@ -46,8 +47,8 @@ def make_gpu_bundle(path, logs, log_name, env, annotations=None, devices=None):
     for d in ("lib", "lib64", "bin", "sbin"):
         if os.path.islink("/" + d) and not os.path.lexists(os.path.join(r, d)):
             os.symlink(os.readlink("/" + d), os.path.join(r, d))
-    spec = gpu_spec(["python3", "/app/app.py", "/logs/" + log_name], env, logs, annotations,
-                    devices)
+    spec = gpu_spec(args or ["python3", "/app/app.py", "/logs/" + log_name], env, logs,
+                    annotations, devices)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(spec, f, indent=1)
     return path
