@@ -6,9 +6,11 @@ that name is a whole checkpoint. The memory pages (pages-N.img) of a pull for a 
 runtime gates the resume are checked against the signed digests beside CRIU instead
 (checkpoint.pagecheck), not while they stream: `sha256-<hex>.pages-verified` beside the entry
 says a check of its pages passed, and an entry without it has its pages checked by every
-restore that reads it. Pulls in progress are `.incoming-<pid>-*` (a killed pull's is swept). A restore holds a shared lock on the entry while CRIU reads it;
-trimming (after each pull, and `runc-grit gc`) removes the least recently used entries
-beyond cache_bytes, never a locked one. The dir is root-only, under the staging dir by default.
+restore that reads it; one whose pages fail is evicted. Pulls in progress are
+`.incoming-<pid>-*` (a killed pull's is swept). A restore holds a shared lock on the entry
+while CRIU reads it; trimming (after each pull, and `runc-grit gc`) removes the least
+recently used entries (with their marks) beyond cache_bytes, never a locked one. The dir is
+root-only, under the staging dir by default.
 """
 import fcntl
 import os
