@@ -73,6 +73,8 @@ def read(path=None):
     for line in text.splitlines():
         if not line or line[0] in " \t#" or line.startswith("---"):
             continue
+        if line == "-" or line[:2] in ("- ", "-\t"):
+            continue  # an item of the key above, in a flush-left block list (yaml.safe_dump)
         key, sep, rest = line.partition(":")
         if not sep:
             return None

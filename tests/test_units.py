@@ -109,6 +109,9 @@ def test_config_given_but_missing(tmp_path):
       "runtime_flags": ["--network=none", "--nvproxy"]}),
     ("runtime_flags: []\n", {"runtime": "runc", "state_dir": "/run/runc-grit"}),
     ("runtime_flags:\n  - --network=none\n", None),  # block list: the full loader reads it
+    ("checkpoint_roots:\n- /a\n- /b\nruntime: crun\n", {"runtime": "crun", "state_dir": "/run/runc-grit"}),
+    ("runtime_flags:\n- --network=none\n", None),
+    ("state_dir:\n- /x\n", None),
     ("runtime_flags: ['--a b']\n", None),
     ("runtime: &a runc\n", None),            # anchors: not sure, full loader decides
     ('runtime: "a\\"b"\n', None),

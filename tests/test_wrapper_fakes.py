@@ -98,9 +98,20 @@ def test_passthrough_keeps_exit_code_and_stdio(fenv):
     assert p.returncode == 1
 
 
-def test_passthrough_imports_nothing_heavy():
+@pytest.mark.parametrize("config_text", [
+    None,
+    # what install.sh writes (indented block lists), and what yaml.safe_dump writes (flush-left)
+    "checkpoint_roots:\n  - /var/lib/ck\nstate_dir: /run/g\non_restore_failure: fail\n",
+    "checkpoint_roots:\n- /var/lib/ck\n- /srv/ck\nstate_dir: /run/g\ntrusted_keys:\n- /etc/k\n",
+])
+def test_passthrough_imports_nothing_heavy(tmp_path, config_text):
     """Run like the launcher (python -S): the pass-through loads neither click/yaml/jsonschema
     nor even os; it execs through posix."""
+    conf = "/nonexistent/config.yaml"
+    if config_text is not None:
+        conf = str(tmp_path / "config.yaml")
+        with open(conf, "w") as f:
+            f.write(config_text)
     code = (
         "import posix, sys\n"
         "posix.execv = lambda path, argv: (print(sorted({m.split('.')[0] for m in sys.modules}"
@@ -111,7 +122,7 @@ def test_passthrough_imports_nothing_heavy():
         "from runc_grit.entry import main\n"
         "main(['--root', '/r', 'state', 'c1'])\n" % REPO)
     p = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, env=dict(
-        os.environ, RUNC_GRIT_CONFIG="/nonexistent/config.yaml", RUNC_GRIT_RUNTIME="/bin/true"),
+        os.environ, RUNC_GRIT_CONFIG=conf, RUNC_GRIT_RUNTIME="/bin/true"),
         timeout=30)
     out = p.stdout.decode().splitlines()
     assert out[0] == "[]", p.stdout + p.stderr
