@@ -90,7 +90,7 @@ def test_layer_bytes_are_deterministic_tars(tmp_path):
 def test_cache_pages_verified_mark_lives_and_dies_with_its_entry(tmp_path):
     """An entry is trusted without a page check only beside its mark; trimming or evicting
     the entry takes the mark; a mark whose entry is gone is swept; a locked entry is not
-    evicted (the other restore checks its pages too)."""
+    evicted (the other restore checks its pages too) but loses its mark."""
     from runc_grit.registry import cache
     root = str(tmp_path)
     a, b = cache.entry(root, "sha256:" + "a" * 64), cache.entry(root, "sha256:" + "b" * 64)
@@ -104,8 +104,8 @@ def test_cache_pages_verified_mark_lives_and_dies_with_its_entry(tmp_path):
     os.symlink(a + ".pages-verified", b + ".pages-verified")  # planted: not a mark
     assert not cache.pages_verified(b)
     os.unlink(b + ".pages-verified")
-    held = cache.lock(a)
-    assert cache.evict(a) is False and cache.pages_verified(a)
+    held = cache.lock(a)  # another restore reads it: it stays, but its mark goes
+    assert cache.evict(a) is False and os.path.isdir(a) and not cache.pages_verified(a)
     cache.unlock(held)
     assert cache.evict(a) is True
     assert not os.path.exists(a) and not cache.pages_verified(a)
@@ -118,6 +118,71 @@ def test_cache_pages_verified_mark_lives_and_dies_with_its_entry(tmp_path):
         f.write(b"x" * 8192)
     cache.mark_pages_verified(a)
     assert cache.trim(root, 0) == [a] and os.listdir(root) == []
+
+
+def test_a_pull_that_loses_the_commit_race_trusts_nothing_of_the_winner(tmp_path, monkeypatch):
+    """Two pulls of one digest: the one that renames first keeps the name. A pull that checked
+    every page itself but lost (its dir discarded) must not mark the winner's entry, whose
+    pages may only have had their blob digests checked (a deferred pull): the restore checks
+    the winner's pages as any unmarked entry's."""
+    import types
+    from runc_grit.registry import cache, pull
+    digest = "sha256:" + "c" * 64
+    m = {"images": [{"name": "pages-1.img", "size": 4, "sha256": "0" * 64},
+                    {"name": "core-1.img", "size": 4, "sha256": "1" * 64}]}
+    conf = types.SimpleNamespace(registry={"cache_dir": str(tmp_path)},
+                                 staging_dir=str(tmp_path / "staging"))
+    monkeypatch.setattr(pull, "Client", lambda *a, **k: types.SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(pull, "resolve", lambda client, ref, where: ({}, digest))
+
+    def fetch(ref, conf, spec, where, final, doc, dg, root, admit=True, defer_pages=False):
+        os.mkdir(final)  # the other pull renamed first
+        return final, m, True, {"unverified": [], "won": False, "lock": None}
+    monkeypatch.setattr(pull, "fetch", fetch)
+    path, _, _, stats = pull.to_cache("oci://r.io/x@" + digest, conf)
+    try:
+        assert [i["name"] for i in stats["unverified"]] == ["pages-1.img"]
+        assert not cache.pages_verified(path)
+    finally:
+        pull.release(path, pages_ok=False)
+    assert not os.path.exists(path)  # its pages failed: evicted
+
+
+def test_cache_dir_may_not_be_the_staging_dir(tmp_path):
+    import types
+    from runc_grit.registry import cache
+    conf = types.SimpleNamespace(registry={"cache_dir": str(tmp_path) + "/"},
+                                 staging_dir=str(tmp_path))
+    with pytest.raises(Exception, match="is the staging dir"):
+        cache.cache_dir(conf)
+    conf.registry = {}
+    assert cache.cache_dir(conf) == os.path.join(str(tmp_path), "oci-cache")
+
+
+def test_page_check_that_never_ran_says_nothing(tmp_path):
+    """A page check whose start failed (here: its verdict path is a dir) has no outcome, so
+    nothing is marked verified from it; one that ran says whether the pages matched."""
+    import hashlib
+    from runc_grit.checkpoint.pagecheck import PageCheck
+
+    class State:
+        def path(self, name):
+            return str(tmp_path / name)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "pages-1.img").write_bytes(b"abcd")
+    good = [{"name": "pages-1.img", "size": 4, "sha256": hashlib.sha256(b"abcd").hexdigest()}]
+    bad = [dict(good[0], sha256="0" * 64)]
+    for items, want in ((good, True), (bad, False)):
+        pc = PageCheck(str(tmp_path / "img"), items, "test", State())
+        pc.start()
+        pc.wait()
+        assert pc.outcome() is want
+    os.unlink(tmp_path / "pages-verdict")
+    (tmp_path / "pages-verdict").mkdir()
+    pc = PageCheck(str(tmp_path / "img"), good, "test", State())
+    with pytest.raises(OSError):
+        pc.start()
+    assert pc.wait() is None and pc.outcome() is None
 
 
 # --- real registry, runc, CRIU ---------------------------------------------------------------

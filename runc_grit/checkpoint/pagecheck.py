@@ -37,6 +37,7 @@ class PageCheck:
         self.token = secrets.token_hex(16)
         self.error = None
         self.seconds = None
+        self.finished = False  # hashed every page image to the end (then error says how)
         self._thread = None
 
     def start(self):
@@ -44,8 +45,9 @@ class PageCheck:
             os.unlink(self.verdict)  # a verdict left by an earlier restore of this name
         except FileNotFoundError:
             pass
-        self._thread = threading.Thread(target=self._run, name="page-digests", daemon=True)
-        self._thread.start()
+        t = threading.Thread(target=self._run, name="page-digests", daemon=True)
+        t.start()
+        self._thread = t
 
     def _run(self):
         t0 = time.monotonic()
@@ -57,6 +59,7 @@ class PageCheck:
             self.error = SourceError("%s: the page images could not be verified: %s"
                                      % (self.where, e))
         self.seconds = time.monotonic() - t0
+        self.finished = True
         word = "ok" if self.error is None else "bad"
         try:
             fsutil.write_atomic(self.verdict, ("%s %s\n" % (word, self.token)).encode(), 0o600)
@@ -73,3 +76,10 @@ class PageCheck:
         if self._thread is not None:
             self._thread.join()
         return self.error
+
+    def outcome(self):
+        """After wait(): True (every page image matched), False (one did not, or could not
+        be read), None (the check never ran: nothing is known about the pages)."""
+        if not self.finished:
+            return None
+        return self.error is None

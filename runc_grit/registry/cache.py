@@ -24,7 +24,12 @@ VERIFIED = ".pages-verified"
 
 
 def cache_dir(conf):
-    return (conf.registry or {}).get("cache_dir") or os.path.join(conf.staging_dir, "oci-cache")
+    d = (conf.registry or {}).get("cache_dir") or os.path.join(conf.staging_dir, "oci-cache")
+    if os.path.realpath(d) == os.path.realpath(conf.staging_dir):
+        # every restore's release empties the staging dir's copies: it would remove entries
+        raise RegistryError("registry.cache_dir %s is the staging dir; give it a dir of its own"
+                            % d)
+    return d
 
 
 def ensure(path):
@@ -47,15 +52,19 @@ def incoming(root):
 
 
 def commit(tmp, final):
-    """Give a complete pull its name; if another pull got there first, keep that one."""
+    """Give a complete pull its name; if another pull got there first, keep that one.
+    Returns whether this pull's dir got the name (False: final is the other pull's, whose
+    checks this pull did not make)."""
+    won = True
     try:
         os.rename(tmp, final)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         if not os.path.isdir(final):
             raise
+        won = False
     os.utime(final)
-    return final
+    return won
 
 
 def _mark(path):
@@ -68,8 +77,13 @@ def pages_verified(path):
 
 
 def mark_pages_verified(path):
-    fd = os.open(_mark(path), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    os.close(fd)
+    """Best effort: an entry left unmarked only has its pages checked again."""
+    try:
+        fd = os.open(_mark(path), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def unmark(path):
@@ -88,6 +102,7 @@ def remove(path):
 def evict(path):
     """Remove an entry whose pages failed their check, unless another restore reads it now
     (that one checks them too). True when removed."""
+    unmark(path)  # whether or not it can go now: its pages are not trusted
     fd = lock(path, exclusive=True, wait=False)
     if fd is None:
         return False
@@ -107,8 +122,12 @@ def lock(path, exclusive=False, wait=True):
     try:
         fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
                     | (0 if wait else fcntl.LOCK_NB))
+        st, now = os.fstat(fd), os.lstat(path)
     except OSError:
         os.close(fd)
+        return None
+    if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+        os.close(fd)  # removed (and perhaps made again) while this waited: not the one locked
         return None
     return fd
 

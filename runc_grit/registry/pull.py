@@ -337,14 +337,18 @@ def fetch(ref, conf, spec, where, final, doc, digest, tmp_root, admit=True, defe
         finally:
             os.close(dfd)
             client.close()
-        final = cache.commit(tmp, final)
+        held = cache.lock(tmp)  # follows the dir through the rename: no trim in between
+        won = cache.commit(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if not won:
+        cache.unlock(held)
+        held = None
     secs = time.monotonic() - t0
     return final, m, signed, {"digest": digest, "bytes": got, "seconds": secs,
                               "auth_s": t_auth, "layers": len(files) + 1,
-                              "unverified": unverified}
+                              "unverified": unverified, "won": won, "lock": held}
 
 
 def page_items(m):
@@ -377,6 +381,12 @@ def to_cache(source_text, conf, spec=None, defer_pages=False):
             client.close()
     path = cache.entry(root, digest)
     fd = cache.lock(path) if os.path.isdir(path) else None
+    if fd is None and doc is None:  # the entry went (trimmed) since it was seen: pull it
+        client = Client(ref, conf.registry, deadline=_deadline(conf.registry))
+        try:
+            doc, digest = resolve(client, ref, where)
+        finally:
+            client.close()
     try:
         if fd is not None:
             with imagedir.ImageDir(path, where) as src:
@@ -390,9 +400,16 @@ def to_cache(source_text, conf, spec=None, defer_pages=False):
                 cache.unmark(path)  # a mark an entry of this name left: not this pull's
             path, m, signed, stats = fetch(ref, conf, spec, where, path, doc, digest, root,
                                            defer_pages=defer_pages)
-            fd = cache.lock(path)
-            if not stats["unverified"]:
-                cache.mark_pages_verified(path)
+            fd = stats.pop("lock")
+            if stats["won"]:
+                if not stats["unverified"]:
+                    cache.mark_pages_verified(path)
+            else:  # another pull's dir has the name: its pages as any entry's
+                fd = cache.lock(path)
+                if fd is None:
+                    raise RegistryError("%s: the pulled checkpoint left the cache before it "
+                                        "could be used; try again" % where)
+                stats["unverified"] = [] if cache.pages_verified(path) else page_items(m)
             stats["cached"] = False
             cache.trim(root, (conf.registry or {}).get("cache_bytes", 0), keep=(path,))
     except BaseException:
@@ -436,4 +453,9 @@ def to_dir(source_text, out, conf):
         doc, digest = resolve(client, ref, where)
     finally:
         client.close()
-    return fetch(ref, conf, None, where, out, doc, digest, parent, admit=False)
+    r = fetch(ref, conf, None, where, out, doc, digest, parent, admit=False)
+    cache.unlock(r[3].pop("lock"))
+    del r[3]["unverified"]  # none: a plain pull checks everything
+    if not r[3].pop("won"):
+        raise UsageError("%s appeared during the pull; nothing was written into it" % out)
+    return r

@@ -70,7 +70,8 @@ def run(req, on_create):
     finally:
         pages_ok = None
         if job.page_check is not None:  # it reads the staged copy: done before that goes
-            pages_ok = job.page_check.wait() is None
+            job.page_check.wait()
+            pages_ok = job.page_check.outcome()
         if job.staged:
             source.release(job.image_dir, req.conf, pages_ok)
 
