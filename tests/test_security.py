@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from conftest import Env
-from runc_grit.checkpoint import integrity
+from runc_grit.checkpoint import criuimages, integrity
 from runc_grit.checkpoint import manifest as _manifest
 from runc_grit.checkpoint import privileges
 from runc_grit.errors import GritError
@@ -698,6 +698,40 @@ def senv(workdir):
 
 
 @pytest.mark.integration
+def test_the_early_decoder_reads_what_a_child_started_late_reads(senv):
+    """A restore starts the image decoder first thing (criuimages.Decoder) and names the dir
+    only once verified: it decodes the same as a child started with the dir, once however
+    many ask, takes any path (its bytes, on stdin), and one never given a dir ends."""
+    e = senv
+    src = e.bundle("src")
+    out = _run(e, src, "src")
+    img = os.path.join(e.ckroot, "dec")
+    checkpoint(e, src, "src", img)
+    out.closed()
+    if criuimages.pycriu_path() is None:
+        pytest.skip("pycriu not installed")
+    late = criuimages.read(img)
+    assert late["tasks"] and late["tasks"][0]["creds"]["uid"] == 0
+    d = criuimages.Decoder().start()
+    child = d.proc
+    assert child is not None and child.poll() is None  # started before any dir is known
+    assert d.read(img) == late
+    assert child.returncode == 0 and d.proc is None
+    assert d.read(img) is d.read(img)  # decoded once
+    odd = os.path.join(e.dir, "new\nline -")  # a path is bytes to EOF, not a line or a flag
+    shutil.copytree(img, odd)
+    assert criuimages.Decoder().start().read(odd) == late
+    with open(os.path.join(odd, "pstree.img"), "r+b") as f:
+        f.write(b"\xff" * 16)
+    with pytest.raises(GritError, match="its images cannot be decoded"):
+        criuimages.read(odd, where="restore source X")
+    idle = criuimages.Decoder().start()
+    child = idle.proc
+    idle.close()
+    assert child.returncode == 0 and idle.proc is None  # EOF: it exits, reaped
+
+
+@pytest.mark.integration
 def test_privileged_source_into_unprivileged_spec_is_refused(senv):
     e = senv
     src = e.bundle("src")                      # uid 0, runc's default capabilities
@@ -830,7 +864,7 @@ def test_installed_configuration_is_secure_by_default(tmp_path):
     uninstall takes out the key it made, and only that one."""
     import sys
     from conftest import REPO
-    from runc_grit.checkpoint import integrity
+    from runc_grit.checkpoint import criuimages, integrity
     from runc_grit.node import config
     root = str(tmp_path / "root")
     rec = os.path.join(root, "var/lib/runc-grit/install")

@@ -3,6 +3,8 @@ import json
 import os
 import stat
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -798,3 +800,21 @@ def test_every_error_class_is_raised_and_has_one_exit_code():
         assert exit_code(cls("x")) == want[kind]
         assert type(GritError("x", kind=kind)) is cls  # the old spelling makes the class
     assert exit_code(errors.RuntimeFailure("x", exit_code=7)) == 7
+
+
+@pytest.mark.parametrize("signing_key", [None, "/etc/runc-grit/signing.key"])
+def test_the_commit_imports_are_loaded_while_the_runtime_dumps(signing_key):
+    """checkpointing.preload: a node that signs has cryptography imported by a thread that
+    runs during the dump, not at the commit; one that does not sign does not import it."""
+    code = ("import sys, types\n"
+            "from runc_grit.runtimes import checkpointing\n"
+            "assert 'cryptography' not in sys.modules\n"
+            "t = checkpointing.preload(types.SimpleNamespace(signing_key=%r))\n"
+            "t.join(30)\n"
+            "print(not t.is_alive(), 'runc_grit.checkpoint.integrity' in sys.modules,\n"
+            "      'cryptography.hazmat.primitives.asymmetric.ed25519' in sys.modules)\n"
+            % signing_key)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         check=True).stdout.split()
+    assert out == ["True", "True", "True" if signing_key else "False"]

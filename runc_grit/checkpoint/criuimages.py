@@ -8,7 +8,8 @@ pycriu comes with CRIU's Python bindings (Debian's python3-pycriu; install/deps.
 Debian 13's into CRIU's prefix) and its own pure-Python protobuf, which must not meet the
 protobuf of runc-grit's environment: so this file also runs as a script in a child
 interpreter whose only import path is pycriu's (`python -S criuimages.py DIR`: it imports
-nothing of runc-grit's there), and prints JSON.
+nothing of runc-grit's there), and prints JSON. A restore starts that child first thing
+(Decoder), so its start and pycriu's import overlap the checkpoint's verification.
 """
 import json
 import os
@@ -29,34 +30,91 @@ def pycriu_path(conf=None):
     return None
 
 
-def read(image_dir, conf=None, timeout=120, where=None):
+def read(image_dir, conf=None, timeout=120, where=None, decoder=None):
     """{"root_ids": {ns: id}, "tasks": [{"pid", "tid", "creds", "ids", "seccomp_mode",
     "seccomp_filters" (filters in the task's chain), "rlimits" ([hard limit by resource
     number], the thread group leader's), "sched" ({"nice", "policy", "prio"}), "oom_score_adj"
     and "loginuid" (the leader's)}], "mounts": [{"ns", "mnt_id", "parent_mnt_id",
     "mountpoint", "fstype", "fsname", "flags", "sb_flags", "root", "source", "ext_key"}],
     "userns": [{"ns", "uid_map", "gid_map"}], "apparmor_namespaces": N,
-    "external_mounts": [key, ...]} of image_dir.
+    "external_mounts": [key, ...]} of image_dir, from decoder (a Decoder started earlier)
+    or a child started now.
     GritError when it cannot be read (no pycriu, a corrupt image)."""
-    from runc_grit.errors import SourceError
-    path = pycriu_path(conf)
-    if path is None:
-        raise SourceError("cannot read the checkpoint's process credentials: CRIU's pycriu is not "
-                        "installed (install/deps.sh provides it; or set pycriu_path)")
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path,
-           "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
+    if decoder is None:
+        decoder = Decoder(conf)
+    return decoder.read(image_dir, timeout, where)
+
+
+class Decoder:
+    """The child interpreter that decodes an image dir, started before the dir is known
+    (start): it imports pycriu (~0.15 s of pure-Python protobuf) while the restore verifies
+    the checkpoint, and is given the dir only once that is done (read), as the dir's bytes on
+    its stdin. A dir is decoded once however many steps ask (read caches it). close() ends a
+    child never given a dir (its stdin's EOF makes it exit; killed if it does not)."""
+
+    def __init__(self, conf=None):
+        self.conf = conf
+        self.proc = None
+        self.results = {}
+
+    def start(self):
+        path = pycriu_path(self.conf)
+        if path is None or self.proc is not None:
+            return self
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path,
+               "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-S", os.path.abspath(__file__), "-"],
+                                         env=env, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError:
+            self.proc = None  # read() starts one and reports why it could not
+        return self
+
+    def read(self, image_dir, timeout=120, where=None):
+        from runc_grit.errors import SourceError
+        if image_dir in self.results:
+            return self.results[image_dir]
+        if pycriu_path(self.conf) is None:
+            raise SourceError("cannot read the checkpoint's process credentials: CRIU's pycriu "
+                              "is not installed (install/deps.sh provides it; or set "
+                              "pycriu_path)")
+        proc, self.proc = self.start().proc, None
+        if proc is None:
+            raise SourceError("reading the checkpoint's images: cannot start %s"
+                              % sys.executable)
+        try:
+            out, err = proc.communicate(os.fsencode(image_dir), timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            _end(proc)
+            raise SourceError("reading the checkpoint's images: %s" % e) from None
+        if proc.returncode != 0:
+            err = err.decode("utf-8", "replace").strip().splitlines()
+            raise SourceError("%s: its images cannot be decoded: %s"
+                              % (where or "checkpoint %s" % image_dir,
+                                 err[-1] if err else "exit %d" % proc.returncode))
+        self.results[image_dir] = json.loads(out)
+        return self.results[image_dir]
+
+    def close(self):
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            _end(proc)
+
+
+def _end(proc):
+    """A child done with: stdin closed (it exits on EOF), killed if it lingers, reaped."""
     try:
-        p = subprocess.run([sys.executable, "-S", os.path.abspath(__file__), image_dir],
-                           env=env, capture_output=True, timeout=timeout,
-                           stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise SourceError("reading the checkpoint's images: %s" % e) from None
-    if p.returncode != 0:
-        err = p.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise SourceError("%s: its images cannot be decoded: %s"
-                        % (where or "checkpoint %s" % image_dir,
-                           err[-1] if err else "exit %d" % p.returncode))
-    return json.loads(p.stdout)
+        proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for f in (proc.stdout, proc.stderr):
+        f.close()
 
 
 def _int(v):
@@ -139,6 +197,14 @@ def _decode(image_dir):
 
 
 def main(argv):
+    """`criuimages.py DIR`, or `criuimages.py -`: pycriu imported first, then the dir read
+    from stdin (its bytes, to EOF; none: exit 0 quietly)."""
+    if argv[0] == "-":
+        __import__("pycriu")  # imported while the parent still verifies the dir
+        path = sys.stdin.buffer.read()
+        if not path:
+            return 0
+        argv = [os.fsdecode(path)]
     json.dump(_decode(argv[0]), sys.stdout)
     return 0
 

@@ -702,14 +702,15 @@ def source_spec(image_dir):
     return None
 
 
-def check(image_dir, spec, conf, log=None, where=None, bundle=None):
+def check(image_dir, spec, conf, log=None, where=None, bundle=None, decoder=None):
     """Refuse (GritError) a restore of image_dir into spec that would escalate, as config
-    `privilege_check` says. bundle: the destination's (its rootfs's symlinks move mounts)."""
+    `privilege_check` says. bundle: the destination's (its rootfs's symlinks move mounts);
+    decoder: the restore's criuimages.Decoder, started early."""
     mode = getattr(conf, "privilege_check", "enforce")
     if mode == "off":
         return []
     from runc_grit.checkpoint import criuimages
-    found = problems(criuimages.read(image_dir, conf, where=where), spec,
+    found = problems(criuimages.read(image_dir, conf, where=where, decoder=decoder), spec,
                      source_spec(image_dir), host_facts(spec, bundle))
     if found and mode == "enforce":
         raise SourceError("%s: the checkpoint would give its processes more than this container's "

@@ -35,8 +35,9 @@ class Request:
                      (checkpoint.source.RestoreRequest) or None
     runtime_state    checkpoint: the runtime's `state` JSON of the container
     and, filled as a restore goes: timings (seconds per step, recorded in the state),
-    rootfs_touched (the restore began changing the new rootfs: its diff) and gpu_nodes
-    (/dev's GPU nodes made the spec's at CRIU's post-restore)."""
+    rootfs_touched (the restore began changing the new rootfs: its diff), gpu_nodes
+    (/dev's GPU nodes made the spec's at CRIU's post-restore) and decoder (the CRIU image
+    decoder the restore started first thing: checkpoint.criuimages.Decoder)."""
 
     def __init__(self, inv, args, conf, log, runtime=None, state=None, spec=None,
                  restore=None, runtime_state=None):
@@ -48,6 +49,7 @@ class Request:
         self.timings = {}
         self.rootfs_touched = False
         self.gpu_nodes = False
+        self.decoder = None
 
     @property
     def cid(self):

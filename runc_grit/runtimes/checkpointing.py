@@ -12,7 +12,9 @@ A failure in dump or commit goes to Runtime.checkpoint_failed (runsc: manifest r
 sandbox resumed, CUDA unfrozen); runc's dump rolls back itself (CUDA resumed, a frozen
 container thawed) and raises.
 """
+import importlib
 import os
+import threading
 import time
 
 from runc_grit.checkpoint import manifest, tailhash
@@ -54,11 +56,14 @@ def run(req):
             tail = None
             if not job.pre_dump and manifest.digests_wanted(req.conf):
                 tail = tailhash.TailHash(job.image_dir).start()
+            warm = preload(req.conf) if not job.pre_dump else None
             try:
                 try:
                     runtime.dump(job)
                 finally:
                     job.hashed = tail.finish() if tail is not None else {}
+                    if warm is not None:
+                        warm.join()
                 if job.pre_dump:
                     return 0
                 commit(job)
@@ -67,6 +72,27 @@ def run(req):
                 raise
             runtime.checkpoint_ends(job)
         return 0
+
+
+def preload(conf):
+    """A thread importing what the commit needs while the runtime dumps (this process only
+    waits then): the signer's cryptography (~45 ms of the commit, on the critical path).
+    Import errors are left for the commit to raise. Returns the thread, started."""
+    names = ["runc_grit.checkpoint.integrity"]
+    if getattr(conf, "signing_key", None):
+        names += ["cryptography.hazmat.primitives.serialization",
+                  "cryptography.hazmat.primitives.asymmetric.ed25519"]
+
+    def run():
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                return
+
+    t = threading.Thread(target=run, name="grit-preload", daemon=True)
+    t.start()
+    return t
 
 
 def commit(job):

@@ -105,7 +105,8 @@ class Crun(Runc):
         from runc_grit.checkpoint import criuimages
         if not any(n.startswith("mountpoints-") for n in os.listdir(image_dir)):
             return []  # no mount namespace in the images, no external mounts
-        keys = criuimages.read(image_dir, req.conf, where="restore of %s" % req.cid).get(
+        keys = criuimages.read(image_dir, req.conf, where="restore of %s" % req.cid,
+                               decoder=req.decoder).get(
             "external_mounts") or []
         here = os.path.join(run_dir(self.delegate.globals), EMPTY_DIR)
         lines = empty_dir_mappings(keys, here)

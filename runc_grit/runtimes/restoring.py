@@ -68,6 +68,8 @@ def run(req, on_create):
         job.elapsed = time.monotonic() - t0
         return finish(job, rc) if on_create else finish_direct(job, rc)
     finally:
+        if req.decoder is not None:
+            req.decoder.close()
         pages_ok = None
         if job.page_check is not None:  # it reads the staged copy: done before that goes
             job.page_check.wait()

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from runc_grit import argv as _argv
-from runc_grit.checkpoint import compat, privileges, source
+from runc_grit.checkpoint import compat, criuimages, privileges, source
 from runc_grit.errors import CheckpointError, RuntimeFailure, UsageError
 from runc_grit.gpu import destination, discovery, postresume, predump, records, rollback
 from runc_grit.node import procs, rootmount
@@ -44,6 +44,8 @@ class Runc(Runtime):
         if not job.on_create and job.req.inv.value("manage-cgroups-mode"):
             job.cgroups_mode = "runtime"
         criuenv.point_spec(job.req, job.cgroups_mode)
+        # the images' decoder starts now: its start overlaps the verification (stage)
+        job.req.decoder = criuimages.Decoder(job.req.conf).start()
 
     def stage_given(self, job):
         """A direct restore's image dir: its manifest (if any) authenticated and verified in
@@ -77,7 +79,8 @@ class Runc(Runtime):
         with ThreadPoolExecutor(1) as pool:
             gpus = pool.submit(discovery.inventory) if early else None
             t0 = time.monotonic()
-            privileges.check(job.image_dir, req.spec, req.conf, req.log, where, req.bundle)
+            privileges.check(job.image_dir, req.spec, req.conf, req.log, where, req.bundle,
+                             req.decoder)
             req.timings["privileges_s"] = round(time.monotonic() - t0, 3)
             compat.check(m, where, os.path.basename(self.delegate.path),
                          criuenv.criu_version(req.conf), _spec.annotations(req.spec))
