@@ -864,7 +864,7 @@ def test_installed_configuration_is_secure_by_default(tmp_path):
     uninstall takes out the key it made, and only that one."""
     import sys
     from conftest import REPO
-    from runc_grit.checkpoint import criuimages, integrity
+    from runc_grit.checkpoint import integrity
     from runc_grit.node import config
     root = str(tmp_path / "root")
     rec = os.path.join(root, "var/lib/runc-grit/install")
