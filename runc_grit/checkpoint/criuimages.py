@@ -53,15 +53,14 @@ class Decoder:
     child never given a dir (its stdin's EOF makes it exit; killed if it does not)."""
 
     def __init__(self, conf=None):
-        self.conf = conf
+        self.path = pycriu_path(conf)
         self.proc = None
         self.results = {}
 
     def start(self):
-        path = pycriu_path(self.conf)
-        if path is None or self.proc is not None:
+        if self.path is None or self.proc is not None:
             return self
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path,
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": self.path,
                "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
         try:
             self.proc = subprocess.Popen([sys.executable, "-S", os.path.abspath(__file__), "-"],
@@ -75,7 +74,7 @@ class Decoder:
         from runc_grit.errors import SourceError
         if image_dir in self.results:
             return self.results[image_dir]
-        if pycriu_path(self.conf) is None:
+        if self.path is None:
             raise SourceError("cannot read the checkpoint's process credentials: CRIU's pycriu "
                               "is not installed (install/deps.sh provides it; or set "
                               "pycriu_path)")

@@ -77,11 +77,12 @@ def run(req):
 def preload(conf):
     """A thread importing what the commit needs while the runtime dumps (this process only
     waits then): the signer's cryptography (~45 ms of the commit, on the critical path).
-    Import errors are left for the commit to raise. Returns the thread, started."""
-    names = ["runc_grit.checkpoint.integrity"]
-    if getattr(conf, "signing_key", None):
-        names += ["cryptography.hazmat.primitives.serialization",
-                  "cryptography.hazmat.primitives.asymmetric.ed25519"]
+    Import errors are left for the commit to raise. Returns the thread, started; None for a
+    node that does not sign (nothing to load)."""
+    if not getattr(conf, "signing_key", None):
+        return None
+    names = ["cryptography.hazmat.primitives.serialization",
+             "cryptography.hazmat.primitives.asymmetric.ed25519"]
 
     def run():
         for name in names:

@@ -87,6 +87,7 @@ class Crun(Runc):
     # its page images are verified before CRIU runs: no test shows crun's libcriu calls
     # running the CRIU config's action script at post-restore
     gates_resume = False
+    decodes_mounts = True  # restore_criu_options: containers/crun#2239
 
     def translate(self, inv, args):
         return crun_argv(inv, args)

@@ -32,6 +32,7 @@ class Runc(Runtime):
     name = "runc"
     captures_rootfs_diff = True  # CRIU's images hold no files of the rootfs
     gates_resume = True  # the CRIU config's action script (criuconf), at post-restore
+    decodes_mounts = False  # restore_criu_options reads the images' external mounts (crun)
 
     def create(self, req):
         criuenv.point_spec(req)
@@ -44,8 +45,10 @@ class Runc(Runtime):
         if not job.on_create and job.req.inv.value("manage-cgroups-mode"):
             job.cgroups_mode = "runtime"
         criuenv.point_spec(job.req, job.cgroups_mode)
-        # the images' decoder starts now: its start overlaps the verification (stage)
-        job.req.decoder = criuimages.Decoder(job.req.conf).start()
+        # the images' decoder starts now, where a step will ask it: its start overlaps the
+        # verification (stage)
+        if job.req.conf.privilege_check != "off" or self.decodes_mounts:
+            job.req.decoder = criuimages.Decoder(job.req.conf).start()
 
     def stage_given(self, job):
         """A direct restore's image dir: its manifest (if any) authenticated and verified in
